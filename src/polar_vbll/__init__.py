@@ -1,0 +1,10 @@
+"""polar-vbll: fine-tune language models that know when they don't know.
+
+PoLAR adapters feed a variational Bayesian last layer; calibration and OOD metrics judge the result.
+"""
+
+from .data import get_task, list_tasks
+from .evaluation import EvalResult, evaluate
+from .models import load_backbone, prepare_embedded
+
+__all__ = ["EvalResult", "evaluate", "get_task", "list_tasks", "load_backbone", "prepare_embedded"]

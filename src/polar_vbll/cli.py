@@ -1,0 +1,158 @@
+"""Command line: ``polar-vbll data | models | evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from .errors import PolarVBLLError
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(
+        [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*map(str, r)) for r in rows]
+    )
+
+
+def cmd_data_list(args: argparse.Namespace) -> None:
+    from .data import get_task, list_tasks
+
+    rows = []
+    for name in list_tasks():
+        task = get_task(name)
+        sizes = ", ".join(f"{split} {len(task.load(split))}" for split in task.splits)
+        rows.append([name, task.title, task.num_classes, sizes, task.eval_split, task.template.id])
+    print(_table(rows, ["task", "title", "classes", "splits (examples)", "evaluates on", "prompt"]))
+    print(
+        "\nOwn data: pass a JSONL file or a folder of <split>.jsonl files as TASK; one object per line:\n"
+        '  {"question": "...", "choices": ["...", "..."], "answer": 0, "context": "optional passage"}'
+    )
+
+
+def cmd_data_show(args: argparse.Namespace) -> None:
+    from .data import get_task, label_token_ids
+    from .data.encoding import encode_items
+    from .models import load_tokenizer
+
+    task = get_task(args.task, args.template)
+    split = args.split or task.eval_split
+    items = task.load(split)[: args.n]
+    tokenizer = load_tokenizer(args.model)
+    ids = label_token_ids(tokenizer, task.label_words(), task.name)
+    print(f"task {task.name} ({task.title}), split {split}, prompt {task.template.id}")
+    print("labels: " + ", ".join(f"{w!r} -> token {i}" for w, i in zip(task.label_words(), ids)))
+    for item, encoded in zip(items, encode_items(tokenizer, task, items, args.max_length)):
+        print(
+            f"\n--- {item.source}  ({len(encoded.input_ids)} tokens{', truncated' if encoded.truncated else ''}; "
+            f"answer {task.label_words()[item.answer]!r})"
+        )
+        print(tokenizer.decode(encoded.input_ids))
+
+
+def cmd_models_list(args: argparse.Namespace) -> None:
+    from .models import EMBEDDED_MODELS
+    from .models.cache import model_cache_dir
+
+    rows = []
+    for name in EMBEDDED_MODELS:
+        spec = EMBEDDED_MODELS.get(name)
+        folder = model_cache_dir(name)
+        rows.append([name, spec.description, spec.license, "yes" if folder.exists() else "no (run models prepare)"])
+    print(_table(rows, ["model", "description", "license", "cached"]))
+    print("\nAny Hugging Face causal LM id or local folder works too (needs its weights locally or a network).")
+
+
+def cmd_models_prepare(args: argparse.Namespace) -> None:
+    from .models import prepare_embedded
+
+    print(f"preparing {args.name} ...")
+    folder = prepare_embedded(args.name, force=args.force)
+    print(f"ready: {folder}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate
+
+    result = evaluate(
+        args.model,
+        args.task,
+        args.split,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        limit=args.limit,
+        template=args.template,
+        n_bins=args.bins,
+        out=args.out,
+        progress=not args.quiet,
+        command=shlex.join(["polar-vbll", *args.argv]),
+    )
+    print(
+        f"\n{result.task} / {result.split}: {result.n} examples, model {result.model['name']}, "
+        f"prompt {result.prompt_version}"
+    )
+    if result.model.get("note"):
+        print(f"note: {result.model['note']}")
+    for key, value in result.metrics.items():
+        print(f"  {key:<10} {value:.4f}")
+    if args.out:
+        print(f"report: {args.out}/report.json, {args.out}/report.md")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(prog="polar-vbll", description="Calibrated fine-tuning of language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="list tasks, show prompts").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("list", help="every task with its number of choices and split sizes")
+    p.set_defaults(func=cmd_data_list)
+    p = data.add_parser("show", help="prompts as the model sees them, with label tokens")
+    p.add_argument("task", help="task name or path to a JSONL file/folder")
+    p.add_argument("--split", help="split (default: the task's evaluation split)")
+    p.add_argument("-n", type=int, default=3, help="number of examples (default 3)")
+    p.add_argument("--template", help="prompt template name (default: the task's)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="whose tokenizer to use (default %(default)s)")
+    p.add_argument("--max-length", type=int, default=300, help="token budget; longer prompts lose their start")
+    p.set_defaults(func=cmd_data_show)
+
+    models = sub.add_parser("models", help="embedded models").add_subparsers(dest="models_command", required=True)
+    p = models.add_parser("list", help="embedded models and whether they are cached")
+    p.set_defaults(func=cmd_models_list)
+    p = models.add_parser("prepare", help="build the safetensors cache of an embedded model")
+    p.add_argument("name", nargs="?", default=DEFAULT_MODEL)
+    p.add_argument("--force", action="store_true", help="rebuild even if a valid cache exists")
+    p.set_defaults(func=cmd_models_prepare)
+
+    p = sub.add_parser("evaluate", help="score a task split and write a calibration report")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, HF id or folder (default %(default)s)")
+    p.add_argument("--task", required=True, help="task name or path to a JSONL file/folder")
+    p.add_argument("--split", help="split (default: the task's evaluation split)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=300, help="token budget; longer prompts lose their start")
+    p.add_argument("--limit", type=int, help="only the first N examples")
+    p.add_argument("--template", help="prompt template name (default: the task's)")
+    p.add_argument("--bins", type=int, default=15, help="ECE bins (default 15)")
+    p.add_argument("--out", help="folder for report.json and report.md")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    try:
+        args.func(args)
+    except PolarVBLLError as exc:
+        print(f"polar-vbll: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Zero-shot (or trained-head) scoring of a task split, producing metrics and a report."""
+
+from __future__ import annotations
+
+import platform
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import TaskSpec, encode_items, get_task, iter_batches, label_token_ids
+from .metrics import classification_metrics
+from .models import DEFAULT_MODEL, Backbone, load_backbone
+from .report import write_report
+
+
+@dataclass
+class EvalResult:
+    """Predictions and metrics of one task split. ``probs`` (N, C) and ``labels`` (N,) follow the data order."""
+
+    task: str
+    split: str
+    model: dict
+    prompt_version: str
+    label_words: list[str]
+    probs: np.ndarray
+    labels: np.ndarray
+    metrics: dict[str, float]
+    settings: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    def to_dict(self, command: str) -> dict:
+        import transformers
+
+        return {
+            "task": self.task,
+            "split": self.split,
+            "n": self.n,
+            "model": self.model,
+            "metrics": self.metrics,
+            "prompt_version": self.prompt_version,
+            "label_words": self.label_words,
+            "settings": self.settings,
+            "timings": self.timings,
+            "command": command,
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "polar_vbll": _version(),
+            },
+        }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("polar-vbll")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@torch.inference_mode()
+def predict_probs(
+    backbone: Backbone,
+    task: TaskSpec,
+    items,
+    batch_size: int = 16,
+    max_length: int = 300,
+    padding_side: str = "right",
+    progress: bool = True,
+) -> tuple[np.ndarray, dict]:
+    """Class probabilities (N, C) of ``items`` under the backbone's own LM-head rows of the task's label tokens."""
+    head = backbone.answer_head(label_token_ids(backbone.tokenizer, task.label_words(), task.name))
+    encoded = encode_items(backbone.tokenizer, task, items, max_length)
+    probs = np.zeros((len(encoded), task.num_classes))
+    bar = tqdm(total=len(encoded), desc=f"{task.name} scoring", unit="ex", disable=not progress)
+    for idx, batch in iter_batches(
+        encoded, batch_size, backbone.tokenizer.pad_token_id, task.num_classes, padding_side
+    ):
+        features = backbone.features(batch["input_ids"], batch["attention_mask"])
+        logits = head(features.float(), batch["choice_mask"])
+        probs[idx] = torch.softmax(logits, -1).double().numpy()
+        bar.update(len(idx))
+    bar.close()
+    return probs, {
+        "truncated": sum(ex.truncated for ex in encoded),
+        "mean_tokens": float(np.mean([len(ex.input_ids) for ex in encoded])),
+    }
+
+
+def evaluate(
+    model: str | Backbone = DEFAULT_MODEL,
+    task: str | TaskSpec = "sst2",
+    split: str | None = None,
+    *,
+    batch_size: int = 16,
+    max_length: int = 300,
+    limit: int | None = None,
+    template: str | None = None,
+    n_bins: int = 15,
+    out: str | Path | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> EvalResult:
+    """Score ``task``'s ``split`` (default: the task's evaluation split) zero-shot with ``model``.
+
+    ``limit`` keeps the first N examples. With ``out``, writes ``report.json`` and ``report.md`` there.
+    """
+    spec = task if isinstance(task, TaskSpec) else get_task(task, template)
+    if isinstance(task, TaskSpec) and template:
+        spec = spec.with_template(template)
+    split = split or spec.eval_split
+    items = spec.load(split)[: limit or None]
+    start = time.perf_counter()
+    backbone = model if isinstance(model, Backbone) else load_backbone(model)
+    loaded = time.perf_counter()
+    probs, stats = predict_probs(backbone, spec, items, batch_size, max_length, progress=progress)
+    scored = time.perf_counter()
+    labels = np.array([item.answer for item in items], dtype=np.int64)
+    result = EvalResult(
+        task=spec.name,
+        split=split,
+        model=backbone.describe(),
+        prompt_version=spec.template.id,
+        label_words=spec.label_words(),
+        probs=probs,
+        labels=labels,
+        metrics=classification_metrics(probs, labels, n_bins),
+        settings={"batch_size": batch_size, "max_length": max_length, "limit": limit, "n_bins": n_bins, **stats},
+        timings={"load_s": loaded - start, "score_s": scored - loaded},
+    )
+    if out is not None:
+        if command is None:
+            model_arg = model if isinstance(model, str) else backbone.name
+            args = [
+                "polar-vbll",
+                "evaluate",
+                "--model",
+                model_arg,
+                "--task",
+                spec.name,
+                "--split",
+                split,
+                "--batch-size",
+                str(batch_size),
+                "--max-length",
+                str(max_length),
+                "--template",
+                spec.template.name,
+            ]
+            args += ["--limit", str(limit)] if limit else []
+            command = shlex.join(args + ["--out", str(out)])
+        write_report(result.to_dict(command), out)
+    return result

@@ -1,0 +1,25 @@
+"""Backbones (any HF causal LM, the embedded SmolLM2-135M), their cache, answer heads and tiny test models."""
+
+from .backbone import (
+    DEFAULT_MODEL,
+    EMBEDDED_MODELS,
+    AnswerHead,
+    Backbone,
+    load_backbone,
+    load_tokenizer,
+    prepare_embedded,
+)
+from .tiny import tiny_backbone, tiny_llama, tiny_tokenizer
+
+__all__ = [
+    "AnswerHead",
+    "Backbone",
+    "DEFAULT_MODEL",
+    "EMBEDDED_MODELS",
+    "load_backbone",
+    "load_tokenizer",
+    "prepare_embedded",
+    "tiny_backbone",
+    "tiny_llama",
+    "tiny_tokenizer",
+]

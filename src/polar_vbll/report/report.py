@@ -1,0 +1,41 @@
+"""Run reports: ``report.json`` (everything, machine-readable) and ``report.md`` (for people), written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..atomic import atomic_write_json, atomic_write_text
+
+METRIC_NAMES = {
+    "cls/acc": "accuracy",
+    "cal/ece": "ECE (15 bins)",
+    "cls/nll": "NLL",
+    "cls/brier": "Brier",
+}
+
+
+def render_markdown(report: dict) -> str:
+    model = report["model"]
+    lines = [
+        f"# {report['task']} / {report['split']} — {model['name']}",
+        "",
+        f"- examples: {report['n']}",
+        f"- prompt: `{report['prompt_version']}`, labels {', '.join(repr(w) for w in report['label_words'])}",
+        f"- model: {model['name']} ({model['parameters']:,} parameters, {model['dtype']}, from {model['source']})",
+    ]
+    if model.get("note"):
+        lines.append(f"- note: {model['note']}")
+    lines += ["", "| metric | value |", "|---|---|"]
+    lines += [f"| `{key}` {METRIC_NAMES.get(key, '')} | {value:.4f} |" for key, value in report["metrics"].items()]
+    if report.get("timings"):
+        lines += ["", "Timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in report["timings"].items())]
+    lines += ["", "Reproduce:", "", "```", report["command"], "```", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out_dir: str | Path) -> Path:
+    """Write ``report.json`` and ``report.md`` into ``out_dir`` (created if needed); return the folder."""
+    out = Path(out_dir)
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", render_markdown(report))
+    return out

@@ -18,9 +18,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
+# The main job: PoLAR-VBLL fine-tune of the embedded model on SST-2, next to MAP-LoRA with the same steps and data.
+DEMO = --model smollm2-135m --task sst2 --steps 100 --batch-size 16 --quiet --overwrite
 demo: $(STAMP)
 	$(BIN)/polar-vbll models prepare smollm2-135m
-	$(BIN)/polar-vbll evaluate --model smollm2-135m --task sst2 --out runs/demo-zero-shot
+	$(BIN)/polar-vbll fit $(DEMO) --adapter polar --uq vbll --out runs/demo/polar-vbll
+	$(BIN)/polar-vbll fit $(DEMO) --adapter lora --uq map --out runs/demo/lora-map
+	$(BIN)/polar-vbll report runs/demo/polar-vbll runs/demo/lora-map --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

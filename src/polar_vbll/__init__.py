@@ -6,5 +6,18 @@ PoLAR adapters feed a variational Bayesian last layer; calibration and OOD metri
 from .data import get_task, list_tasks
 from .evaluation import EvalResult, evaluate
 from .models import load_backbone, prepare_embedded
+from .train import FitConfig, FitResult, evaluate_run, fit, load_run
 
-__all__ = ["EvalResult", "evaluate", "get_task", "list_tasks", "load_backbone", "prepare_embedded"]
+__all__ = [
+    "EvalResult",
+    "FitConfig",
+    "FitResult",
+    "evaluate",
+    "evaluate_run",
+    "fit",
+    "get_task",
+    "list_tasks",
+    "load_backbone",
+    "load_run",
+    "prepare_embedded",
+]

@@ -73,9 +73,68 @@ def cmd_models_prepare(args: argparse.Namespace) -> None:
     print(f"ready: {folder}")
 
 
+def _print_metrics(title: str, metrics: dict, note: str = "") -> None:
+    print(f"\n{title}")
+    if note:
+        print(f"note: {note}")
+    for key, value in metrics.items():
+        print(f"  {key:<22} {value:.4f}")
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    from dataclasses import fields
+
+    from .train import FitConfig, fit
+    from .uq import VBLLConfig
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(FitConfig) if f.name != "vbll"}
+    vbll = {f.name: getattr(args, f"vbll_{f.name}") for f in fields(VBLLConfig)}
+    vbll = {k: v for k, v in vbll.items() if v is not None}
+    command = shlex.join(["polar-vbll", *args.argv])
+    if args.resume:
+        result = fit(out=args.resume, resume=True, progress=not args.quiet, command=command)
+    else:
+        if args.config:
+            config = FitConfig.from_file(args.config, **overrides)
+            if vbll:
+                config.vbll = VBLLConfig(**{**config.vbll.__dict__, **vbll})
+        else:
+            config = FitConfig(**{k: v for k, v in overrides.items() if v is not None}, vbll=VBLLConfig(**vbll))
+        result = fit(config, out=args.out, overwrite=args.overwrite, progress=not args.quiet, command=command)
+    report = result.report
+    _print_metrics(
+        f"{report['task']} / {report['split']}: {report['n']} examples, "
+        f"{result.config.adapter}-{result.config.uq} on {report['model']['name']}",
+        report["metrics"],
+        report["model"].get("note", ""),
+    )
+    print(f"run folder: {result.out} (report.md, report.json, adapter/, head.safetensors, train_log.jsonl)")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate
 
+    if args.run_dir:
+        from .train import evaluate_run
+
+        report = evaluate_run(
+            args.run_dir,
+            args.task,
+            args.split,
+            args.limit,
+            args.out,
+            progress=not args.quiet,
+            command=shlex.join(["polar-vbll", *args.argv]),
+        )
+        _print_metrics(
+            f"{report['task']} / {report['split']}: {report['n']} examples, run {args.run_dir} "
+            f"(trained on {report['trained_on']})",
+            report["metrics"],
+            report["model"].get("note", ""),
+        )
+        return
+    if not args.task:
+        raise PolarVBLLError("evaluate needs --task (or a RUN_DIR to evaluate a trained run)")
     result = evaluate(
         args.model,
         args.task,
@@ -99,6 +158,76 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"  {key:<10} {value:.4f}")
     if args.out:
         print(f"report: {args.out}/report.json, {args.out}/report.md")
+
+
+# FitConfig fields whose default is None: the type their flag parses
+_NONE_DEFAULT_TYPES = {
+    "template": str,
+    "optimizer": str,
+    "weight_decay": float,
+    "train_limit": int,
+    "eval_split": str,
+    "eval_limit": int,
+}
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str = "", skip: tuple = ()) -> None:
+    """One flag per dataclass field, typed by its default, with the field's help text; defaults stay None."""
+    from dataclasses import MISSING, fields
+
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        helptext = f.metadata.get("help", "") + (f" (default {default})" if default is not None else "")
+        dest = (prefix + f.name).replace("-", "_")
+        if isinstance(default, bool) or f.name == "alternate":
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        elif isinstance(default, list):
+            parser.add_argument(flag, dest=dest, nargs="+", default=None, help=helptext)
+        else:
+            kind = _NONE_DEFAULT_TYPES.get(f.name, type(default))
+            parser.add_argument(flag, dest=dest, type=kind, default=None, help=helptext)
+
+
+def add_fit_parser(sub) -> None:
+    from .train import FitConfig
+    from .uq import VBLLConfig
+
+    p = sub.add_parser(
+        "fit",
+        help="fine-tune adapter + uncertainty head, write a run folder with a report",
+        description="Fine-tune an adapter and an uncertainty head (default: PoLAR-VBLL) on a task.",
+    )
+    p.add_argument("--config", help="JSON or TOML file with FitConfig options (flags override it)")
+    p.add_argument("--out", default="runs/fit", help="run folder (default %(default)s)")
+    p.add_argument("--resume", metavar="DIR", help="continue the killed run in DIR from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_dataclass_flags(p, FitConfig, skip=("vbll",))
+    _add_dataclass_flags(p, VBLLConfig, prefix="vbll_")
+    p.set_defaults(func=cmd_fit)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from .atomic import atomic_write_text
+    from .report import compare_runs
+
+    reports = []
+    for run in args.runs:
+        path = Path(run) / "report.json"
+        try:
+            reports.append(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise PolarVBLLError(f"{path}: not found (is {run} a run or report folder?)") from None
+    table = compare_runs(reports, [Path(run).name for run in args.runs])
+    print(table)
+    if args.out:
+        atomic_write_text(Path(args.out) / "comparison.md", table)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,9 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if a valid cache exists")
     p.set_defaults(func=cmd_models_prepare)
 
-    p = sub.add_parser("evaluate", help="score a task split and write a calibration report")
+    add_fit_parser(sub)
+
+    p = sub.add_parser("report", help="compare the reports of several runs side by side")
+    p.add_argument("runs", nargs="+", help="run or report folders (each holds report.json)")
+    p.add_argument("--out", help="folder for comparison.md")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("evaluate", help="score a task split (zero-shot, or a trained RUN_DIR) and write a report")
+    p.add_argument("run_dir", nargs="?", help="a run folder written by `fit` (omit for zero-shot scoring)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, HF id or folder (default %(default)s)")
-    p.add_argument("--task", required=True, help="task name or path to a JSONL file/folder")
+    p.add_argument("--task", help="task name or path to a JSONL file/folder (default for a run: its own)")
     p.add_argument("--split", help="split (default: the task's evaluation split)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=300, help="token budget; longer prompts lose their start")

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .data import TaskSpec, encode_items, get_task, iter_batches, label_token_ids
 from .metrics import classification_metrics
-from .models import DEFAULT_MODEL, Backbone, load_backbone
+from .models import DEFAULT_MODEL, Backbone, load_backbone, mask_choices
 from .report import write_report
 
 
@@ -88,7 +88,7 @@ def predict_probs(
         encoded, batch_size, backbone.tokenizer.pad_token_id, task.num_classes, padding_side
     ):
         features = backbone.features(batch["input_ids"], batch["attention_mask"])
-        logits = head(features.float(), batch["choice_mask"])
+        logits = mask_choices(head(features.float()), batch["choice_mask"])
         probs[idx] = torch.softmax(logits, -1).double().numpy()
         bar.update(len(idx))
     bar.close()

@@ -3,7 +3,7 @@ import torch
 
 from polar_vbll.data import collate, encode_items, get_task, label_token_ids
 from polar_vbll.data.loaders import MCItem
-from polar_vbll.models import AnswerHead, load_backbone
+from polar_vbll.models import AnswerHead, load_backbone, mask_choices
 
 ITEMS = [
     MCItem(str(i), q, ("a", "b", "c", "d"), 0)
@@ -49,7 +49,7 @@ def test_answer_head_is_an_untied_copy_and_masks_missing_choices(tiny):
     with torch.no_grad():
         head.weight.add_(1.0)
     torch.testing.assert_close(tiny.lm_head.weight[5], before)
-    logits = head(torch.randn(2, tiny.hidden_size), torch.tensor([[True, False], [True, True]]))
+    logits = mask_choices(head(torch.randn(2, tiny.hidden_size)), torch.tensor([[True, False], [True, True]]))
     assert logits[0, 1] == float("-inf") and torch.isfinite(logits[1]).all()
     assert isinstance(head, AnswerHead) and head.num_classes == 2
 

@@ -7,6 +7,7 @@ from .backbone import (
     Backbone,
     load_backbone,
     load_tokenizer,
+    mask_choices,
     prepare_embedded,
 )
 from .tiny import tiny_backbone, tiny_llama, tiny_tokenizer
@@ -18,6 +19,7 @@ __all__ = [
     "EMBEDDED_MODELS",
     "load_backbone",
     "load_tokenizer",
+    "mask_choices",
     "prepare_embedded",
     "tiny_backbone",
     "tiny_llama",

@@ -160,23 +160,29 @@ class Backbone(nn.Module):
         }
 
 
-class AnswerHead(nn.Module):
-    """Linear map from features (B, d) to class logits (B, C); invalid choices get -inf."""
+class AnswerHead(nn.Linear):
+    """The trimmed LM head: an ``nn.Linear`` from features (B, d) to class logits (B, C).
+
+    Being a plain Linear, it can itself carry an adapter (``target_modules=["head"]`` on a module holding it).
+    """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        super().__init__()
-        self.weight = nn.Parameter(weight)
-        self.bias = None if bias is None else nn.Parameter(bias)
+        super().__init__(
+            weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype
+        )
+        with torch.no_grad():
+            self.weight.copy_(weight)
+            if bias is not None:
+                self.bias.copy_(bias)
 
     @property
     def num_classes(self) -> int:
-        return self.weight.shape[0]
+        return self.out_features
 
-    def forward(self, features: torch.Tensor, choice_mask: torch.Tensor | None = None) -> torch.Tensor:
-        logits = nn.functional.linear(features, self.weight, self.bias)
-        if choice_mask is not None:
-            logits = logits.masked_fill(~choice_mask.bool(), float("-inf"))
-        return logits
+
+def mask_choices(logits: torch.Tensor, choice_mask: torch.Tensor | None) -> torch.Tensor:
+    """Set the logits of classes that are not choices of an example (``choice_mask`` False) to -inf."""
+    return logits if choice_mask is None else logits.masked_fill(~choice_mask.bool(), float("-inf"))
 
 
 def load_tokenizer(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = False):

@@ -39,3 +39,32 @@ def write_report(report: dict, out_dir: str | Path) -> Path:
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", render_markdown(report))
     return out
+
+
+COMPARE_METRICS = ("cls/acc", "cal/ece", "cls/nll", "cls/brier")
+HIGHER_IS_BETTER = {"cls/acc"}
+
+
+def compare_runs(reports: list[dict], names: list[str]) -> str:
+    """Markdown table: one row per run, the main metrics as columns, the best value of each column in bold."""
+    best = {}
+    for key in COMPARE_METRICS:
+        values = [r["metrics"][key] for r in reports if key in r["metrics"]]
+        if values:
+            best[key] = max(values) if key in HIGHER_IS_BETTER else min(values)
+    lines = [
+        "| run | method | task / split | n | " + " | ".join(f"`{k}`" for k in COMPARE_METRICS) + " |",
+        "|---|---|---|---|" + "---|" * len(COMPARE_METRICS),
+    ]
+    for name, r in zip(names, reports):
+        method = r.get("method", {})
+        label = f"{method.get('adapter', 'none')}-{method.get('uq', 'zero-shot')}" if method else "zero-shot"
+        cells = []
+        for key in COMPARE_METRICS:
+            value = r["metrics"].get(key)
+            text = "n/a" if value is None else f"{value:.4f}"
+            cells.append(f"**{text}**" if value is not None and value == best.get(key) and len(reports) > 1 else text)
+        lines.append(f"| {name} | {label} | {r['task']} / {r['split']} | {r['n']} | " + " | ".join(cells) + " |")
+    notes = {r["model"].get("note") for r in reports if r.get("model", {}).get("note")}
+    lines += [""] + [f"Note: {note}." for note in sorted(notes)]
+    return "\n".join(lines) + "\n"

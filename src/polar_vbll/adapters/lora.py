@@ -1,0 +1,40 @@
+"""LoRA (Hu et al. 2021): ΔW = (alpha / r) · B A, with A Kaiming-uniform and B = 0 (PEFT's default init)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .base import ADAPTERS, AdapterConfig, AdapterLinear, AdapterMethod
+
+
+@dataclass
+class LoraConfig(AdapterConfig):
+    method = "lora"
+
+
+class LoraLinear(AdapterLinear):
+    """``lora_A`` (r, in), ``lora_B`` (out, r), in fp32 whatever the base dtype."""
+
+    def __init__(self, base_layer: nn.Linear, config: AdapterConfig):
+        super().__init__(base_layer, config)
+        device = base_layer.weight.device
+        self.lora_A = nn.Parameter(torch.empty(config.r, self.in_features, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, config.r, device=device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear and PEFT
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.lora_A.dtype)
+        return (x @ self.lora_A.T @ self.lora_B.T) * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_B @ self.lora_A) * self.scaling
+
+    def low_rank_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lora_B * self.scaling, self.lora_A
+
+
+ADAPTERS.register("lora", AdapterMethod(LoraConfig, LoraLinear))

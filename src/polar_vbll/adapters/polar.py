@@ -1,0 +1,64 @@
+"""PoLAR (Lion et al. 2025): ΔW = (alpha / r) · X Θ Yᵀ with X ∈ St(out, r), Y ∈ St(in, r) and Θ ∈ R^{r×r}.
+
+X and Y have orthonormal columns and live on Stiefel manifolds (``geoopt.ManifoldParameter``, tall orientation);
+an optimizer from :mod:`polar_vbll.optim` keeps them there (geoopt's Riemannian Adam, or the landing field).
+Init: X, Y orthonormal, Θ = 0, so ΔW = 0. The factors stay fp32 whatever the base dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import geoopt
+import torch
+from torch import nn
+
+from ..errors import PolarVBLLError
+from ..fields import help_field as _help
+from .base import ADAPTERS, AdapterConfig, AdapterLinear, AdapterMethod
+
+STIEFEL = geoopt.Stiefel(canonical=False)  # Euclidean metric, QR retraction on the tall (n, r) factor
+
+
+@dataclass
+class PolarConfig(AdapterConfig):
+    method = "polar"
+    theta: Literal["full", "diagonal"] = _help("Θ as a full r×r matrix or a diagonal (r values)", "full")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.theta not in ("full", "diagonal"):
+            raise PolarVBLLError(f"PolarConfig.theta must be 'full' or 'diagonal', got {self.theta!r}")
+
+
+class PolarLinear(AdapterLinear):
+    """``polar_X`` (out, r) and ``polar_Y`` (in, r) on Stiefel manifolds; ``polar_theta`` (r, r) or (r,)."""
+
+    def __init__(self, base_layer: nn.Linear, config: PolarConfig):
+        super().__init__(base_layer, config)
+        device, r = base_layer.weight.device, config.r
+        x = torch.empty(self.out_features, r, device=device)
+        y = torch.empty(self.in_features, r, device=device)
+        nn.init.orthogonal_(x)
+        nn.init.orthogonal_(y)
+        self.polar_X = geoopt.ManifoldParameter(x, manifold=STIEFEL)
+        self.polar_Y = geoopt.ManifoldParameter(y, manifold=STIEFEL)
+        shape = (r, r) if config.theta == "full" else (r,)
+        self.polar_theta = nn.Parameter(torch.zeros(shape, device=device))
+
+    def theta_matrix(self) -> torch.Tensor:
+        return self.polar_theta if self.polar_theta.dim() == 2 else torch.diag(self.polar_theta)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.polar_X.dtype)
+        return (x @ self.polar_Y @ self.theta_matrix().T @ self.polar_X.T) * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.polar_X @ self.theta_matrix() @ self.polar_Y.T) * self.scaling
+
+    def low_rank_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.polar_X @ self.theta_matrix() * self.scaling, self.polar_Y.T
+
+
+ADAPTERS.register("polar", AdapterMethod(PolarConfig, PolarLinear))

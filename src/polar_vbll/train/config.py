@@ -1,0 +1,114 @@
+"""``FitConfig``: every option of a fine-tuning run, with help text, validation and JSON/TOML loading."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from ..adapters.base import ADAPTERS
+from ..errors import PolarVBLLError
+from ..fields import help_field as _help
+from ..uq import UQ_METHODS, VBLLConfig
+
+
+@dataclass
+class FitConfig:
+    """A fine-tuning run: backbone + adapter + uncertainty head on one task."""
+
+    model: str = _help("embedded model name, Hugging Face id or local folder", "smollm2-135m")
+    task: str = _help("task name (polar-vbll data list) or path to a JSONL file/folder", "sst2")
+    template: str | None = _help("prompt template (default: the task's)", None)
+    adapter: str = _help("adapter method: polar, lora, dora", "polar")
+    uq: str = _help("uncertainty method: vbll, map, mle", "vbll")
+    optimizer: Literal["geoopt", "landing", "adamw"] | None = _help(
+        "adapter optimizer (default: geoopt for polar, adamw otherwise)", None
+    )
+    r: int = _help("adapter rank", 8)
+    alpha: float = _help("adapter scale numerator (ΔW × alpha / r)", 16.0)
+    target_modules: list[str] = _help("Linear modules that get adapters", default_factory=lambda: ["q_proj", "v_proj"])
+    theta: Literal["full", "diagonal"] = _help("PoLAR's Θ: full r×r or diagonal", "full")
+    landing_lambda: float = _help("pull-back weight λ of the landing optimizer", 1.0)
+    steps: int = _help("optimizer steps (each consumes one batch)", 200)
+    batch_size: int = _help("examples per step", 16)
+    max_length: int = _help("token budget per prompt; longer prompts lose their start", 256)
+    lr_adapter: float = _help("peak learning rate of the adapter", 1e-3)
+    lr_head: float = _help("peak learning rate of the head", 1e-3)
+    weight_decay: float | None = _help("adapter weight decay (default: the method's, MAP 1e-5)", None)
+    warmup_ratio: float = _help("fraction of steps with linear warm-up, then linear decay to 0", 0.06)
+    grad_clip: float = _help("clip the gradient norm of the updated parameters (0 = off)", 1.0)
+    alternate: bool | None = _help("alternate head and adapter steps (default: yes for vbll, joint otherwise)", None)
+    head_steps: int = _help("head-only steps per alternating cycle (adapter fixed; no backbone backward)", 1)
+    adapter_steps: int = _help("adapter steps per alternating cycle (head fixed)", 1)
+    seed: int = _help("seed of initialization, data order and sampling", 0)
+    train_limit: int | None = _help("use only the first N training examples", None)
+    eval_split: str | None = _help("split for the final report (default: the task's evaluation split)", None)
+    eval_limit: int | None = _help("evaluate only the first N examples", None)
+    eval_batch_size: int = _help("examples per evaluation batch", 32)
+    checkpoint_every: int = _help("write a resumable checkpoint every K steps (0 = only at the end)", 50)
+    log_every: int = _help("compute adapter diagnostics every K steps", 25)
+    laplace: bool = _help("after training, refine the VBLL covariance by a last-layer Laplace approximation", False)
+    laplace_samples: int = _help("training examples (seeded random subset) for the Laplace Hessian", 512)
+    vbll: VBLLConfig = _help("options of the VBLL head", default_factory=VBLLConfig)
+
+    def __post_init__(self):
+        if isinstance(self.vbll, dict):
+            self.vbll = VBLLConfig(**self.vbll)
+        if isinstance(self.target_modules, tuple):
+            self.target_modules = list(self.target_modules)
+        ADAPTERS.get(self.adapter)
+        UQ_METHODS.get(self.uq)
+        if self.optimizer is None:
+            self.optimizer = "geoopt" if self.adapter == "polar" else "adamw"
+        if self.optimizer not in ("geoopt", "landing", "adamw"):
+            raise PolarVBLLError(f"FitConfig.optimizer must be geoopt, landing or adamw, got {self.optimizer!r}")
+        if self.adapter == "polar" and self.optimizer == "adamw":
+            raise PolarVBLLError("FitConfig.optimizer: polar needs geoopt or landing (adamw ignores the manifold)")
+        if self.alternate is None:
+            self.alternate = self.uq == "vbll"
+        for name in ("steps", "batch_size", "max_length", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise PolarVBLLError(f"FitConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.alternate and (
+            self.head_steps < 0 or self.adapter_steps < 0 or self.head_steps + self.adapter_steps < 1
+        ):
+            raise PolarVBLLError("FitConfig.head_steps and adapter_steps must be >= 0 with a positive sum")
+        if self.laplace and self.uq != "vbll":
+            raise PolarVBLLError(f"FitConfig.laplace refines the VBLL head; uq is {self.uq!r}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise PolarVBLLError(f"FitConfig.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> FitConfig:
+        """Read a ``.json`` or ``.toml`` file; ``overrides`` (e.g. command-line flags) win over it."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise PolarVBLLError(f"{path}: config file not found") from None
+        try:
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PolarVBLLError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise PolarVBLLError(f"{path}: malformed TOML ({exc})") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PolarVBLLError(f"{path}: unknown option(s) {', '.join(unknown)}; see `polar-vbll fit --help`")
+        if isinstance(data.get("vbll"), dict):
+            vbll_known = {f.name for f in fields(VBLLConfig)}
+            bad = sorted(set(data["vbll"]) - vbll_known)
+            if bad:
+                raise PolarVBLLError(f"{path}: unknown vbll option(s) {', '.join(bad)}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)

@@ -1,0 +1,380 @@
+"""``fit``: fine-tune an adapter and an uncertainty head on a task, alternating between them, resumably.
+
+Run folder (``out``):
+    config.json                 the FitConfig
+    train_log.jsonl             one line per step: loss, its terms, running accuracy, learning rates, diagnostics
+    checkpoint/                 latest resumable state (adapter, head, optimizers, step, RNG), written atomically
+    adapter/                    final adapter (adapter_config.json + adapter_model.safetensors)
+    head.safetensors            final head
+    report.json, report.md      metrics on the evaluation split
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import platform
+import shlex
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..adapters import (
+    adapter_diagnostics,
+    adapter_state_dict,
+    count_trainable,
+    inject_adapters,
+    make_config,
+    save_adapter,
+)
+from ..atomic import atomic_directory, atomic_write_json, atomic_write_text
+from ..data import TaskSpec, collate, encode_items, get_task, iter_batches, label_token_ids
+from ..errors import PolarVBLLError
+from ..metrics import classification_metrics
+from ..models import Backbone, load_backbone
+from ..optim import build_optimizer
+from ..report import write_report
+from ..uq import UQ_METHODS, UQHead, uncertainty_decomposition
+from .config import FitConfig
+from .state import load_state, save_state
+
+StepCallback = Callable[[int, dict], None]
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` leaves behind: the run folder, the final report and the trained pieces (in memory)."""
+
+    out: Path
+    report: dict
+    config: FitConfig
+    backbone: Backbone
+    head: UQHead
+    task: TaskSpec
+
+
+def warmup_linear(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0."""
+    warmup = int(math.ceil(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
+def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
+    """Indices of the examples of ``step``: epochs of seeded permutations, so any step can be recomputed."""
+    return [
+        _epoch_order(n, seed, position // n)[position % n]
+        for position in range(step * batch_size, (step + 1) * batch_size)
+    ]
+
+
+def build_components(config: FitConfig, backbone: Backbone | None = None, n_train: int | None = None):
+    """Backbone with the adapter injected, the task, its label ids and the head, as ``config`` says."""
+    torch.manual_seed(config.seed)
+    backbone = backbone or load_backbone(config.model)
+    task = get_task(config.task, config.template)
+    label_ids = label_token_ids(backbone.tokenizer, task.label_words(), task.name)
+    init_weight = backbone.lm_head.weight.detach()[label_ids].clone().float()
+    if n_train is None:
+        n_train = len(task.load("train")[: config.train_limit or None])
+    head = UQ_METHODS.get(config.uq).build(init_weight, n_train, config=config.vbll)
+    options = {"r": config.r, "alpha": config.alpha, "target_modules": config.target_modules}
+    if config.adapter == "polar":
+        options["theta"] = config.theta
+    inject_adapters(backbone.model, make_config(config.adapter, **options))
+    return backbone, task, head
+
+
+def _clip(params: Iterable[torch.nn.Parameter], max_norm: float) -> float:
+    params = [p for p in params if p.grad is not None]
+    if not params or max_norm <= 0:
+        return 0.0
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+@torch.no_grad()
+def predict(
+    backbone: Backbone,
+    head: UQHead,
+    task: TaskSpec,
+    items,
+    batch_size: int,
+    max_length: int,
+    seed: int = 0,
+    n_samples: int = 100,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Probabilities (N, C) and per-example total / aleatoric / epistemic uncertainty, in data order."""
+    backbone.eval()
+    head.eval()
+    generator = torch.Generator().manual_seed(seed)
+    encoded = encode_items(backbone.tokenizer, task, items, max_length)
+    out = {k: np.zeros(len(items)) for k in ("total", "aleatoric", "epistemic")}
+    out["probs"] = np.zeros((len(items), task.num_classes))
+    bar = tqdm(total=len(items), desc="evaluating", unit="ex", disable=not progress)
+    for idx, batch in iter_batches(encoded, batch_size, backbone.tokenizer.pad_token_id, task.num_classes):
+        features = backbone.features(batch["input_ids"], batch["attention_mask"])
+        out["probs"][idx] = head.predict_probs(features, batch["choice_mask"], generator).double().numpy()
+        samples = torch.softmax(head.sample_logits(features, n_samples, batch["choice_mask"], generator), -1)
+        for key, value in uncertainty_decomposition(samples).items():
+            out[key][idx] = value.double().numpy()
+        bar.update(len(idx))
+    bar.close()
+    return out
+
+
+def evaluate_components(
+    backbone, head, task, config: FitConfig, split: str | None = None, limit: int | None = None, progress: bool = False
+) -> dict:
+    split = split or config.eval_split or task.eval_split
+    items = task.load(split)[: limit or None]
+    start = time.perf_counter()
+    pred = predict(
+        backbone, head, task, items, config.eval_batch_size, config.max_length, config.seed, progress=progress
+    )
+    labels = np.array([item.answer for item in items])
+    metrics = classification_metrics(pred["probs"], labels)
+    metrics.update({f"unc/{k}_mean": float(pred[k].mean()) for k in ("total", "aleatoric", "epistemic")})
+    return {
+        "task": task.name,
+        "split": split,
+        "n": len(items),
+        "metrics": metrics,
+        "probs": pred["probs"],
+        "labels": labels,
+        "eval_s": time.perf_counter() - start,
+    }
+
+
+def _phase(step: int, config: FitConfig) -> str:
+    if not config.alternate:
+        return "joint"
+    cycle = config.head_steps + config.adapter_steps
+    return "head" if step % cycle < config.head_steps else "adapter"
+
+
+def fit(
+    config: FitConfig | None = None,
+    out: str | Path = "runs/fit",
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    backbone: Backbone | None = None,
+    progress: bool = True,
+    callbacks: Iterable[StepCallback] = (),
+    command: str | None = None,
+    **overrides,
+) -> FitResult:
+    """Train ``config`` (or ``FitConfig(**overrides)``) into the run folder ``out``.
+
+    ``resume=True`` continues from ``out/checkpoint`` with the config saved there and ends with the same final
+    state as an uninterrupted run; ``overwrite=True`` deletes an existing run in ``out`` first.
+    ``callbacks`` are called as ``callback(step, logs)`` after every step.
+    """
+    out = Path(out)
+    if resume:
+        try:
+            config = FitConfig(**json.loads((out / "config.json").read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise PolarVBLLError(f"{out}: no config.json to resume from") from None
+        if not (out / "checkpoint").is_dir():
+            raise PolarVBLLError(f"{out}: no checkpoint/ to resume from")
+    else:
+        config = config or FitConfig(**overrides)
+        if (out / "config.json").exists():
+            if not overwrite:
+                raise PolarVBLLError(
+                    f"{out} already holds a run; resume it (--resume), --overwrite it, or choose another --out"
+                )
+            shutil.rmtree(out)
+    backbone, task, head = build_components(config, backbone)
+    items = task.load("train")[: config.train_limit or None]
+    adapter_params = [p for p in backbone.model.parameters() if p.requires_grad]
+    weight_decay = head.adapter_weight_decay if config.weight_decay is None else config.weight_decay
+    adapter_opt = build_optimizer(
+        adapter_params,
+        config.optimizer,
+        lr=config.lr_adapter,
+        weight_decay=weight_decay,
+        landing_lambda=config.landing_lambda,
+    )
+    head_opt = torch.optim.Adam(head.parameters(), lr=config.lr_head)
+    schedule = warmup_linear(config.steps, config.warmup_ratio)
+    optimizers = [adapter_opt, head_opt]
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+    start_step, correct, seen = 0, 0, 0
+    if resume:
+        start_step, correct, seen = _load_checkpoint(out / "checkpoint", backbone, head, optimizers)
+        _truncate_log(out / "train_log.jsonl", start_step)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", config.to_dict())
+        (out / "train_log.jsonl").write_text("", encoding="utf-8")
+    trainable, total = count_trainable(backbone.model)
+    pad_id = backbone.tokenizer.pad_token_id
+    bar = tqdm(
+        range(start_step, config.steps), initial=start_step, total=config.steps, desc="fit", disable=not progress
+    )
+    train_start = time.perf_counter()
+    for step in bar:
+        backbone.train()
+        head.train()
+        idx = batch_indices(step, config.batch_size, len(items), config.seed)
+        batch = collate(
+            encode_items(backbone.tokenizer, task, [items[i] for i in idx], config.max_length), pad_id, task.num_classes
+        )
+        phase = _phase(step, config)
+        factor = schedule(step)
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+        with torch.set_grad_enabled(phase != "head"):
+            features = backbone.features(batch["input_ids"], batch["attention_mask"])
+        loss, terms = head.loss(features, batch["labels"], batch["choice_mask"])
+        adapter_opt.zero_grad(set_to_none=True)
+        head_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if phase in ("head", "joint"):
+            _clip(head.parameters(), config.grad_clip)
+            head_opt.step()
+        if phase in ("adapter", "joint"):
+            _clip(adapter_params, config.grad_clip)
+            adapter_opt.step()
+        with torch.no_grad():
+            hits = int((head.point_logits(features.detach(), batch["choice_mask"]).argmax(-1) == batch["labels"]).sum())
+        correct, seen = correct + hits, seen + len(idx)
+        logs = {
+            "step": step + 1,
+            "phase": phase,
+            "loss": loss.item(),
+            **terms,
+            "acc_running": correct / seen,
+            "lr_adapter": config.lr_adapter * factor,
+            "lr_head": config.lr_head * factor,
+        }
+        if config.log_every and (step + 1) % config.log_every == 0:
+            logs.update(adapter_diagnostics(backbone.model))
+        with (out / "train_log.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(logs) + "\n")
+        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}", phase=phase)
+        if (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0) or step + 1 == config.steps:
+            _save_checkpoint(out / "checkpoint", step + 1, backbone, head, optimizers, correct, seen)
+        for callback in callbacks:
+            callback(step + 1, logs)
+    bar.close()
+    train_s = time.perf_counter() - train_start
+    if config.laplace:
+        _laplace(backbone, head, task, items, config)
+    save_adapter(backbone.model, out / "adapter")
+    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(out / "head.safetensors"))
+    evaluation = evaluate_components(backbone, head, task, config, limit=config.eval_limit, progress=progress)
+    report = _run_report(config, backbone, task, evaluation, out, command, trainable, total, train_s, start_step)
+    write_report(report, out)
+    return FitResult(out, report, config, backbone, head, task)
+
+
+@torch.no_grad()
+def _laplace(backbone: Backbone, head: UQHead, task: TaskSpec, items, config: FitConfig) -> None:
+    """Post-hoc Laplace refinement of the VBLL head on a seeded subset of the training set."""
+    backbone.eval()
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(config.seed))[: config.laplace_samples]
+    subset = [items[i] for i in order.tolist()]
+    encoded = encode_items(backbone.tokenizer, task, subset, config.max_length)
+    features, labels, masks = [], [], []
+    for _, batch in iter_batches(encoded, config.eval_batch_size, backbone.tokenizer.pad_token_id, task.num_classes):
+        features.append(backbone.features(batch["input_ids"], batch["attention_mask"]))
+        labels.append(batch["labels"])
+        masks.append(batch["choice_mask"])
+    head.laplace_(torch.cat(features), torch.cat(labels), torch.cat(masks), n_total=len(items))
+
+
+def _run_report(config, backbone, task, evaluation, out, command, trainable, total, train_s, start_step) -> dict:
+    import transformers
+
+    if command is None:
+        command = shlex.join(["polar-vbll", "fit", "--config", str(out / "config.json"), "--out", str(out)])
+    return {
+        "task": evaluation["task"],
+        "split": evaluation["split"],
+        "n": evaluation["n"],
+        "model": backbone.describe(),
+        "method": {"adapter": config.adapter, "uq": config.uq, "optimizer": config.optimizer},
+        "metrics": evaluation["metrics"],
+        "prompt_version": task.template.id,
+        "label_words": task.label_words(),
+        "settings": {
+            "steps": config.steps,
+            "batch_size": config.batch_size,
+            "max_length": config.max_length,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "resumed_at_step": start_step,
+        },
+        "diagnostics": adapter_diagnostics(backbone.model),
+        "timings": {"train_s": train_s, "eval_s": evaluation["eval_s"]},
+        "config": config.to_dict(),
+        "command": command,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+    }
+
+
+def _save_checkpoint(folder: Path, step: int, backbone, head, optimizers, correct: int, seen: int) -> None:
+    with atomic_directory(folder) as tmp:
+        save_file(adapter_state_dict(backbone.model), str(tmp / "adapter.safetensors"))
+        save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(tmp / "head.safetensors"))
+        save_state(
+            {
+                "step": step,
+                "correct": correct,
+                "seen": seen,
+                "optimizers": [o.state_dict() for o in optimizers],
+                "rng": torch.get_rng_state(),
+            },
+            tmp,
+            "state",
+        )
+
+
+def _load_checkpoint(folder: Path, backbone, head, optimizers) -> tuple[int, int, int]:
+    adapter = load_file(str(folder / "adapter.safetensors"))
+    missing = set(adapter_state_dict(backbone.model)) ^ set(adapter)
+    if missing:
+        raise PolarVBLLError(f"{folder}: checkpoint does not fit the configured adapter ({sorted(missing)[:3]})")
+    backbone.model.load_state_dict(adapter, strict=False)
+    head.load_state_dict(load_file(str(folder / "head.safetensors")))
+    state = load_state(folder, "state")
+    for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
+        optimizer.load_state_dict(saved)
+    torch.set_rng_state(state["rng"])
+    return int(state["step"]), int(state["correct"]), int(state["seen"])
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log lines of steps up to the checkpoint (a killed run may have logged a few more)."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    kept = [line for line in lines if line and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))

@@ -1,0 +1,347 @@
+"""Variational Bayesian last layer for classification (Harrison et al. 2024), written with Pyro.
+
+Features φ ∈ R^d, classes C. Posterior q(W) = Π_k N(w̄_k, S_k) with S_k dense (Cholesky L_k), diagonal, or
+low-rank + diagonal; prior p(w_k) = N(0, s₀ I), s₀ = prior_scale · 2 / d. Optional logit noise ε ~ N(0, diag σ²)
+with a Wishart (Gamma) prior on its precision, point-estimated as in the ``vbll`` package.
+
+Logits are Gaussian: z_k ~ N(w̄_kᵀφ, v_k), v_k = φᵀ S_k φ + σ_k². The training objective is the closed-form
+Jensen bound of the ELBO (no sampling):
+
+    ℓ(φ, y) = w̄_yᵀφ − log Σ_k exp(w̄_kᵀφ + ½ v_k)  ≤  E_q[log softmax(z)_y]
+    loss = −[ mean_batch ℓ + λ (wishart − KL(q ‖ p)) ],  λ = 1 / N_train,
+    KL = ½ Σ_k [ ‖w̄_k‖² / s₀ + tr(S_k) / s₀ + d log s₀ − log|S_k| − d ].
+
+The same model is also a Pyro program (``VBLLModel`` prior + likelihood, ``VBLLGuide`` posterior, both
+``PyroModule`` with module-local parameters), so ``objective="mc"`` trains on Pyro's Monte-Carlo ``Trace_ELBO``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from ..errors import PolarVBLLError
+from ..fields import help_field as _help
+from ..models.backbone import mask_choices
+from .base import UQ_METHODS, UQHead, UQMethod
+
+pyro.settings.set(module_local_params=True)  # parameters live in modules, not in Pyro's global store
+
+Covariance = Literal["dense", "diagonal", "lowrank"]
+
+
+@dataclass
+class VBLLConfig:
+    """Options of the variational Bayesian last layer."""
+
+    covariance: Covariance = _help("posterior covariance per class: dense (Cholesky), diagonal, lowrank", "dense")
+    cov_rank: int = _help("rank of the low-rank part (covariance='lowrank')", 4)
+    prior_scale: float = _help("prior variance = prior_scale · 2 / d (vbll's width scaling)", 1.0)
+    logit_noise: bool = _help("learn Gaussian logit noise σ² with a Wishart prior (as vbll)", True)
+    wishart_scale: float = _help("scale of the Wishart prior on the noise precision", 1.0)
+    dof: float = _help("degrees of freedom of the Wishart prior", 1.0)
+    objective: Literal["jensen", "mc"] = _help("closed-form Jensen ELBO, or Pyro's Monte-Carlo Trace_ELBO", "jensen")
+    num_particles: int = _help("samples per step of the Monte-Carlo ELBO", 16)
+    predictive: Literal["mc", "probit"] = _help("Monte-Carlo softmax average, or closed-form probit", "mc")
+    n_samples: int = _help("logit samples of the Monte-Carlo predictive (one backbone pass)", 1000)
+
+    def __post_init__(self):
+        choices = {
+            "covariance": ("dense", "diagonal", "lowrank"),
+            "objective": ("jensen", "mc"),
+            "predictive": ("mc", "probit"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise PolarVBLLError(
+                    f"VBLLConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        for name in ("cov_rank", "num_particles", "n_samples"):
+            if int(getattr(self, name)) < 1:
+                raise PolarVBLLError(f"VBLLConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.prior_scale <= 0 or self.wishart_scale <= 0:
+            raise PolarVBLLError("VBLLConfig.prior_scale and wishart_scale must be > 0")
+
+
+class VBLLGuide(PyroModule):
+    """The variational posterior q(W): mean (C, d) and the covariance factors of ``covariance``."""
+
+    def __init__(self, mean: torch.Tensor, covariance: Covariance, cov_rank: int = 4):
+        super().__init__()
+        num_classes, d = mean.shape
+        self.covariance = covariance
+        self.mean = nn.Parameter(mean.clone().float())
+        # log of the Cholesky diagonal (dense) or of the standard deviations (diagonal, lowrank)
+        self.log_diag = nn.Parameter(1e-3 * torch.randn(num_classes, d) - math.log(d))
+        if covariance == "dense":
+            self.offdiag = nn.Parameter(1e-3 * torch.randn(num_classes, d, d) / d)
+        elif covariance == "lowrank":
+            self.offdiag = nn.Parameter(1e-3 * torch.randn(num_classes, d, cov_rank) / d)
+
+    def scale_tril(self) -> torch.Tensor:
+        """L_k (C, d, d) with S_k = L_k L_kᵀ (dense only)."""
+        return torch.tril(self.offdiag, diagonal=-1) + torch.diag_embed(self.log_diag.exp())
+
+    def distribution(self) -> dist.Distribution:
+        if self.covariance == "dense":
+            return dist.MultivariateNormal(self.mean, scale_tril=self.scale_tril()).to_event(1)
+        if self.covariance == "diagonal":
+            return dist.Normal(self.mean, self.log_diag.exp()).to_event(2)
+        return dist.LowRankMultivariateNormal(self.mean, self.offdiag, (2 * self.log_diag).exp()).to_event(1)
+
+    def quad_form(self, features: torch.Tensor) -> torch.Tensor:
+        """φᵀ S_k φ for every example and class: (B, d) -> (B, C)."""
+        if self.covariance == "dense":
+            return (features @ self.scale_tril()).pow(2).sum(-1).T  # ‖L_kᵀφ‖² = φᵀ L_k L_kᵀ φ
+        diag = features.pow(2) @ (2 * self.log_diag).exp().T
+        if self.covariance == "diagonal":
+            return diag
+        return diag + torch.einsum("bd,cdr->bcr", features, self.offdiag).pow(2).sum(-1)
+
+    def trace_and_logdet(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Σ_k tr(S_k) and Σ_k log|S_k|."""
+        if self.covariance == "dense":
+            return self.scale_tril().pow(2).sum(), 2 * self.log_diag.sum()
+        var = (2 * self.log_diag).exp()
+        if self.covariance == "diagonal":
+            return var.sum(), 2 * self.log_diag.sum()
+        factor = self.offdiag
+        gram = factor.transpose(-1, -2) @ (factor / var[..., None])  # matrix determinant lemma
+        eye = torch.eye(gram.shape[-1], dtype=gram.dtype)
+        return var.sum() + factor.pow(2).sum(), 2 * self.log_diag.sum() + torch.logdet(gram + eye).sum()
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        n_data: int | None = None,
+        noise_scale: torch.Tensor | None = None,
+        choice_mask: torch.Tensor | None = None,
+    ):
+        weight = pyro.sample("W", self.distribution())
+        if noise_scale is not None:  # the noise is not inferred: the guide repeats the model's noise site
+            with pyro.plate("data", n_data or features.shape[0], subsample=torch.arange(features.shape[0])):
+                pyro.sample(
+                    "noise", dist.Normal(0.0, noise_scale).expand([features.shape[0], len(noise_scale)]).to_event(1)
+                )
+        return weight
+
+
+class VBLLModel(PyroModule):
+    """Prior N(0, s₀ I) on W and the softmax likelihood of the (noisy) logits, scaled to the data set size."""
+
+    def __init__(self, num_classes: int, d: int, prior_var: float):
+        super().__init__()
+        self.num_classes, self.d, self.prior_var = num_classes, d, prior_var
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        n_data: int | None = None,
+        noise_scale: torch.Tensor | None = None,
+        choice_mask: torch.Tensor | None = None,
+    ):
+        weight = pyro.sample("W", dist.Normal(0.0, self.prior_var**0.5).expand([self.num_classes, self.d]).to_event(2))
+        logits = features @ weight.transpose(-1, -2)
+        with pyro.plate("data", n_data or features.shape[0], subsample=torch.arange(features.shape[0])):
+            if noise_scale is not None:
+                logits = logits + pyro.sample(
+                    "noise", dist.Normal(0.0, noise_scale).expand([features.shape[0], self.num_classes]).to_event(1)
+                )
+            if choice_mask is not None:
+                logits = logits.masked_fill(~choice_mask.bool(), float("-inf"))
+            pyro.sample("y", dist.Categorical(logits=logits), obs=labels)
+        return logits
+
+
+@dataclass
+class VBLLOutput:
+    """What the head returns for a batch: Gaussian logits, its loss function and its predictive (vbll-style)."""
+
+    logit_mean: torch.Tensor  # (B, C)
+    logit_var: torch.Tensor  # (B, C)
+    train_loss_fn: Callable[[torch.Tensor], torch.Tensor]
+    choice_mask: torch.Tensor | None = None
+
+    def sample_logits(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, S, C) logit samples; masked classes are -inf."""
+        eps = torch.randn(
+            (self.logit_mean.shape[0], n_samples, self.logit_mean.shape[1]),
+            generator=generator,
+            dtype=self.logit_mean.dtype,
+            device=self.logit_mean.device,
+        )
+        return self.logit_mean[:, None] + eps * self.logit_var.sqrt()[:, None]
+
+    def predictive(
+        self, method: Literal["mc", "probit"] = "mc", n_samples: int = 1000, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """p(y | x) (B, C): mean softmax of ``n_samples`` logit samples, or softmax(μ / √(1 + π v / 8))."""
+        if method == "probit":
+            return torch.softmax(self.logit_mean / torch.sqrt(1 + math.pi * self.logit_var / 8), -1)
+        return torch.softmax(self.sample_logits(n_samples, generator), -1).mean(1)
+
+
+class VBLLHead(UQHead):
+    """Variational Bayesian last layer over backbone features; ``forward(φ)`` returns a :class:`VBLLOutput`.
+
+    ``init_weight`` (C, d) initializes the posterior mean (the trimmed LM-head rows of the label tokens, so the
+    untrained head reproduces the zero-shot model up to its small initial variance).
+    """
+
+    def __init__(self, init_weight: torch.Tensor, n_train: int, config: VBLLConfig | None = None):
+        super().__init__()
+        self.config = config = config or VBLLConfig()
+        if n_train < 1:
+            raise PolarVBLLError(f"n_train must be >= 1, got {n_train}")
+        self.num_classes, self.in_features = init_weight.shape
+        self.n_train = n_train
+        self.regularization_weight = 1.0 / n_train
+        self.prior_var = config.prior_scale * 2.0 / self.in_features
+        self.guide = VBLLGuide(init_weight.detach(), config.covariance, config.cov_rank)
+        self.model = VBLLModel(self.num_classes, self.in_features, self.prior_var)
+        # one value for all classes (vbll draws randn − 1 per class), so that the untrained head ranks classes as
+        # the zero-shot model does
+        self.noise_log_std = nn.Parameter(torch.full((self.num_classes,), -1.0)) if config.logit_noise else None
+        self.noise_dof = (config.dof + self.num_classes + 1.0) / 2.0
+
+    def _check(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        if features.dim() != 2 or features.shape[1] != self.in_features:
+            raise PolarVBLLError(f"features: expected shape (B, {self.in_features}), got {tuple(features.shape)}")
+        if not torch.isfinite(features).all():
+            raise PolarVBLLError(f"features: {int((~torch.isfinite(features)).sum())} NaN or infinite values")
+        if labels is not None and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise PolarVBLLError(
+                f"labels: values must lie in [0, {self.num_classes - 1}], "
+                f"got min {int(labels.min())} max {int(labels.max())}"
+            )
+
+    def noise_var(self) -> torch.Tensor:
+        if self.noise_log_std is None:
+            return torch.zeros(self.num_classes)
+        return (2 * self.noise_log_std).exp()
+
+    def kl_divergence(self) -> torch.Tensor:
+        """KL(q(W) ‖ p(W)), exact (constants included)."""
+        trace, logdet = self.guide.trace_and_logdet()
+        s0, d, c = self.prior_var, self.in_features, self.num_classes
+        return 0.5 * (self.guide.mean.pow(2).sum() / s0 + trace / s0 + c * d * math.log(s0) - logdet - c * d)
+
+    def wishart_term(self) -> torch.Tensor:
+        """log-density (up to a constant) of the Wishart prior on the noise precision; 0 without noise."""
+        if self.noise_log_std is None:
+            return torch.zeros(())
+        precision = (-2 * self.noise_log_std).exp()
+        return self.noise_dof * (-2 * self.noise_log_std).sum() - 0.5 * self.config.wishart_scale * precision.sum()
+
+    def logit_moments(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (B, C) and variance (B, C) of the Gaussian logits."""
+        features = features.float()
+        return features @ self.guide.mean.T, self.guide.quad_form(features) + self.noise_var()
+
+    def jensen_bound(
+        self, features: torch.Tensor, labels: torch.Tensor, choice_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """ℓ(φ, y) per example (B,)."""
+        mean, var = self.logit_moments(features)
+        pre = mean + 0.5 * var
+        if choice_mask is not None:
+            pre = pre.masked_fill(~choice_mask.bool(), float("-inf"))
+        return mean.gather(1, labels[:, None]).squeeze(1) - torch.logsumexp(pre, -1)
+
+    def jensen_loss(
+        self, features: torch.Tensor, labels: torch.Tensor, choice_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """−[mean ℓ + λ (wishart − KL)], the negative ELBO per training example."""
+        elbo = self.jensen_bound(features, labels, choice_mask).mean()
+        return -(elbo + self.regularization_weight * (self.wishart_term() - self.kl_divergence()))
+
+    def mc_loss(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        choice_mask: torch.Tensor | None = None,
+        num_particles: int | None = None,
+    ) -> torch.Tensor:
+        """Pyro's Monte-Carlo negative ELBO divided by N_train, minus λ · wishart (comparable to ``jensen_loss``)."""
+        elbo = pyro.infer.Trace_ELBO(num_particles=num_particles or self.config.num_particles)
+        loss_module = elbo(self.model, self.guide)
+        noise = self.noise_var().sqrt() if self.noise_log_std is not None else None
+        loss = loss_module(features.float(), labels, self.n_train, noise, choice_mask)
+        return loss / self.n_train - self.regularization_weight * self.wishart_term()
+
+    def forward(self, features: torch.Tensor, choice_mask: torch.Tensor | None = None) -> VBLLOutput:
+        self._check(features)
+        mean, var = self.logit_moments(features)
+        if choice_mask is not None:
+            mean = mean.masked_fill(~choice_mask.bool(), float("-inf"))
+            var = var.masked_fill(~choice_mask.bool(), 0.0)
+
+        def loss_fn(labels: torch.Tensor) -> torch.Tensor:
+            self._check(features, labels)
+            if self.config.objective == "mc":
+                return self.mc_loss(features, labels, choice_mask)
+            return self.jensen_loss(features, labels, choice_mask)
+
+        return VBLLOutput(mean, var, loss_fn, choice_mask)
+
+    @torch.no_grad()
+    def laplace_(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        choice_mask: torch.Tensor | None = None,
+        n_total: int | None = None,
+    ) -> None:
+        """Post-hoc last-layer Laplace: replace each S_k by the inverse Hessian of the negative log posterior at
+        the trained mean, H_k = (N / M) Σ_i p_ik (1 − p_ik) φ_i φ_iᵀ + I / s₀, over M examples standing for N.
+
+        H_k is the k-th diagonal block of the softmax likelihood's Hessian (exact for a linear head; the
+        cross-class blocks are dropped, as the posterior factorizes over classes). Dense or diagonal only.
+        """
+        if self.config.covariance == "lowrank":
+            raise PolarVBLLError("post-hoc Laplace needs covariance 'dense' or 'diagonal', not 'lowrank'")
+        self._check(features, labels)
+        features = features.float()
+        probs = torch.softmax(mask_choices(features @ self.guide.mean.T, choice_mask), -1)  # (M, C)
+        weights = probs * (1 - probs) * ((n_total or features.shape[0]) / features.shape[0])
+        eye = torch.eye(self.in_features)
+        hessian = torch.einsum("mc,md,me->cde", weights, features, features) + eye / self.prior_var
+        covariance = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
+        if self.config.covariance == "dense":
+            chol = torch.linalg.cholesky(covariance)
+            self.guide.log_diag.copy_(torch.diagonal(chol, dim1=-2, dim2=-1).log())
+            self.guide.offdiag.copy_(chol)
+        else:
+            self.guide.log_diag.copy_(0.5 * torch.diagonal(covariance, dim1=-2, dim2=-1).log())
+
+    def loss(self, features, labels, choice_mask=None):
+        loss = self.forward(features, choice_mask).train_loss_fn(labels)
+        return loss, {"kl": self.kl_divergence().item(), "noise_var": self.noise_var().mean().item()}
+
+    def sample_logits(self, features, n_samples, choice_mask=None, generator=None):
+        return self.forward(features, choice_mask).sample_logits(n_samples, generator)
+
+    def point_logits(self, features, choice_mask=None):
+        return self.forward(features, choice_mask).logit_mean
+
+    def predict_probs(self, features, choice_mask=None, generator=None):
+        return self.forward(features, choice_mask).predictive(self.config.predictive, self.config.n_samples, generator)
+
+
+UQ_METHODS.register(
+    "vbll",
+    UQMethod(
+        "variational Bayesian last layer (Pyro): Gaussian posterior over the answer-head rows",
+        lambda init_weight, n_train, config=None, **_: VBLLHead(init_weight, n_train, config),
+    ),
+)

@@ -58,3 +58,17 @@ def test_corrupt_cache_is_detected_and_rebuilt(real_backbone, tmp_path, monkeypa
     ids = torch.tensor([real_backbone.tokenizer("Review: great film\nSentiment:")["input_ids"]])
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.model(ids).logits, real_backbone.model(ids).logits)
+
+
+def test_polar_vbll_fit_on_the_real_model(real_backbone, tmp_path):
+    """A few PoLAR-VBLL steps on SST-2 end to end (the demo runs 100; see benchmarks/results/demo_sst2.md)."""
+    from polar_vbll import FitConfig, fit, load_backbone
+
+    config = FitConfig(
+        task="sst2", steps=4, batch_size=4, train_limit=64, eval_limit=48, checkpoint_every=0, log_every=2
+    )
+    result = fit(config, tmp_path / "run", backbone=load_backbone("smollm2-135m"), progress=False)
+    metrics = result.report["metrics"]
+    assert metrics["cls/acc"] > 0.6 and 0.0 <= metrics["cal/ece"] <= 1.0
+    assert result.report["diagnostics"]["adapter/orth_error_max"] < 1e-4
+    assert "dequantized" in result.report["model"]["note"]

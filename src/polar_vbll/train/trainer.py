@@ -276,7 +276,12 @@ def fit(
             logs.update(adapter_diagnostics(backbone.model))
         with (out / "train_log.jsonl").open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(logs) + "\n")
-        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}", phase=phase)
+        bar.set_postfix(
+            loss=f"{loss.item():.3f}",
+            acc=f"{correct / seen:.3f}",
+            phase=phase,
+            **{key: f"{value:.3g}" for key, value in terms.items()},
+        )
         if (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0) or step + 1 == config.steps:
             _save_checkpoint(out / "checkpoint", step + 1, backbone, head, optimizers, correct, seen)
         for callback in callbacks:

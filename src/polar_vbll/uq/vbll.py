@@ -71,6 +71,16 @@ class VBLLConfig:
             raise PolarVBLLError("VBLLConfig.prior_scale and wishart_scale must be > 0")
 
 
+def _data_plate(features: torch.Tensor, n_data: int | None):
+    """The batch as a subsample of ``n_data`` examples: Pyro scales its log-likelihood by n_data / B."""
+    return pyro.plate("data", n_data or features.shape[0], subsample=torch.arange(features.shape[0]))
+
+
+def _noise_site(features: torch.Tensor, noise_scale: torch.Tensor) -> torch.Tensor:
+    """Logit noise ε ~ N(0, diag σ²) per example (B, C)."""
+    return pyro.sample("noise", dist.Normal(0.0, noise_scale).expand([features.shape[0], len(noise_scale)]).to_event(1))
+
+
 class VBLLGuide(PyroModule):
     """The variational posterior q(W): mean (C, d) and the covariance factors of ``covariance``."""
 
@@ -128,10 +138,8 @@ class VBLLGuide(PyroModule):
     ):
         weight = pyro.sample("W", self.distribution())
         if noise_scale is not None:  # the noise is not inferred: the guide repeats the model's noise site
-            with pyro.plate("data", n_data or features.shape[0], subsample=torch.arange(features.shape[0])):
-                pyro.sample(
-                    "noise", dist.Normal(0.0, noise_scale).expand([features.shape[0], len(noise_scale)]).to_event(1)
-                )
+            with _data_plate(features, n_data):
+                _noise_site(features, noise_scale)
         return weight
 
 
@@ -152,11 +160,9 @@ class VBLLModel(PyroModule):
     ):
         weight = pyro.sample("W", dist.Normal(0.0, self.prior_var**0.5).expand([self.num_classes, self.d]).to_event(2))
         logits = features @ weight.transpose(-1, -2)
-        with pyro.plate("data", n_data or features.shape[0], subsample=torch.arange(features.shape[0])):
+        with _data_plate(features, n_data):
             if noise_scale is not None:
-                logits = logits + pyro.sample(
-                    "noise", dist.Normal(0.0, noise_scale).expand([features.shape[0], self.num_classes]).to_event(1)
-                )
+                logits = logits + _noise_site(features, noise_scale)
             if choice_mask is not None:
                 logits = logits.masked_fill(~choice_mask.bool(), float("-inf"))
             pyro.sample("y", dist.Categorical(logits=logits), obs=labels)

@@ -114,6 +114,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate
 
+    if args.ood and not args.run_dir:
+        raise PolarVBLLError("--ood needs a RUN_DIR: OOD detection evaluates a trained run")
     if args.run_dir:
         from .train import evaluate_run
 
@@ -123,9 +125,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             args.split,
             args.limit,
             args.out,
+            ood=args.ood or (),
             progress=not args.quiet,
             command=shlex.join(["polar-vbll", *args.argv]),
         )
+        for name, entry in report.get("ood", {}).items():
+            best = entry["best_criterion"]
+            print(
+                f"  OOD {name}: {entry['n']}/{entry['n_total']} kept, acc {entry['metrics']['cls/acc']:.4f}, "
+                f"ECE {entry['metrics']['cal/ece']:.4f}, best criterion {best}: "
+                f"AUROC {entry['detection'][best]['ood/auroc']:.4f}, FPR95 {entry['detection'][best]['ood/fpr95']:.4f}"
+            )
         _print_metrics(
             f"{report['task']} / {report['split']}: {report['n']} examples, run {args.run_dir} "
             f"(trained on {report['trained_on']})",
@@ -273,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N examples")
     p.add_argument("--template", help="prompt template name (default: the task's)")
     p.add_argument("--bins", type=int, default=15, help="ECE bins (default 15)")
+    p.add_argument(
+        "--ood",
+        action="append",
+        metavar="TASK",
+        help="with RUN_DIR: an out-of-distribution task to detect against the ID split (repeatable)",
+    )
     p.add_argument("--out", help="folder for report.json and report.md")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)

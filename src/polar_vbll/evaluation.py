@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import TaskSpec, encode_items, get_task, iter_batches, label_token_ids
-from .metrics import classification_metrics
+from .metrics import classification_metrics, selective_metrics
 from .models import DEFAULT_MODEL, Backbone, load_backbone, mask_choices
 from .report import write_report
 
@@ -135,7 +135,7 @@ def evaluate(
         label_words=spec.label_words(),
         probs=probs,
         labels=labels,
-        metrics=classification_metrics(probs, labels, n_bins),
+        metrics={**classification_metrics(probs, labels, n_bins), **selective_metrics(probs, labels)},
         settings={"batch_size": batch_size, "max_length": max_length, "limit": limit, "n_bins": n_bins, **stats},
         timings={"load_s": loaded - start, "score_s": scored - loaded},
     )
@@ -160,5 +160,12 @@ def evaluate(
             ]
             args += ["--limit", str(limit)] if limit else []
             command = shlex.join(args + ["--out", str(out)])
-        write_report(result.to_dict(command), out)
+        from .report import plots
+
+        title = f"{spec.name} / {split} (zero-shot)"
+        images = {
+            "reliability": plots.reliability_diagram(probs, labels, n_bins, title=title),
+            "risk_coverage": plots.risk_coverage_plot(probs, labels),
+        }
+        write_report(result.to_dict(command), out, images)
     return result

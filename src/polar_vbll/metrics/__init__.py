@@ -1,5 +1,33 @@
-"""Metrics with namespaced keys: ``cls/`` (classification), ``cal/`` (calibration)."""
+"""Metrics with namespaced keys: ``cls/`` (classification), ``cal/`` (calibration), ``sel/`` (selective
+prediction), ``ood/`` (out-of-distribution detection)."""
 
-from .calibration import accuracy, brier, check_probs, classification_metrics, ece, nll
+from .calibration import (
+    accuracy,
+    adaptive_ece,
+    brier,
+    check_probs,
+    classification_metrics,
+    classwise_ece,
+    ece,
+    mce,
+    nll,
+)
+from .ood import CRITERIA, criterion_scores, ood_metrics
+from .selective import risk_coverage, selective_metrics
 
-__all__ = ["accuracy", "brier", "check_probs", "classification_metrics", "ece", "nll"]
+__all__ = [
+    "CRITERIA",
+    "accuracy",
+    "adaptive_ece",
+    "brier",
+    "check_probs",
+    "classification_metrics",
+    "classwise_ece",
+    "criterion_scores",
+    "ece",
+    "mce",
+    "nll",
+    "ood_metrics",
+    "risk_coverage",
+    "selective_metrics",
+]

@@ -1,20 +1,71 @@
-"""Run reports: ``report.json`` (everything, machine-readable) and ``report.md`` (for people), written atomically."""
+"""Run reports: ``report.json`` (machine-readable), ``report.md`` and a self-contained ``report.html`` with plots."""
 
 from __future__ import annotations
 
+import base64
+import html
 from pathlib import Path
 
-from ..atomic import atomic_write_json, atomic_write_text
+from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 METRIC_NAMES = {
     "cls/acc": "accuracy",
-    "cal/ece": "ECE (15 bins)",
+    "cal/ece": "ECE (equal-width bins)",
     "cls/nll": "NLL",
     "cls/brier": "Brier",
+    "cal/mce": "maximum calibration error",
+    "cal/aece": "adaptive ECE (equal-mass bins)",
+    "cal/cw_ece": "class-wise ECE",
+    "sel/aurc": "area under risk-coverage",
+    "sel/acc@80": "accuracy at 80 % coverage",
+    "sel/acc@90": "accuracy at 90 % coverage",
+    "unc/total_mean": "mean predictive entropy",
+    "unc/aleatoric_mean": "mean expected entropy",
+    "unc/epistemic_mean": "mean mutual information",
+}
+PLOT_TITLES = {
+    "reliability": "Reliability diagram: bars below the diagonal mean overconfidence",
+    "risk_coverage": "Risk-coverage: error rate when only the most confident answers are kept",
+    "ood_hist": "Scores of the best OOD criterion, in-distribution vs each OOD set",
+    "ood_roc": "ROC curves of the best OOD criterion",
 }
 
 
-def render_markdown(report: dict) -> str:
+def _ood_lines(report: dict) -> list[str]:
+    if not report.get("ood"):
+        return []
+    lines = [
+        "",
+        "## Out-of-distribution",
+        "",
+        f"In-distribution: {report['task']} / {report['split']} ({report['n']} examples); ID = positive class.",
+        "",
+        "| OOD set | kept / total | cls/acc | cal/ece | cls/nll | best criterion | ood/auroc | ood/fpr95 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in report["ood"].items():
+        m, best = entry["metrics"], entry["best_criterion"]
+        d = entry["detection"][best]
+        lines.append(
+            f"| {name} | {entry['n']} / {entry['n_total']} | {m['cls/acc']:.4f} | {m['cal/ece']:.4f} | "
+            f"{m['cls/nll']:.4f} | {best} | {d['ood/auroc']:.4f} | {d['ood/fpr95']:.4f} |"
+        )
+    criteria = list(next(iter(report["ood"].values()))["detection"])
+    lines += [
+        "",
+        "AUROC by criterion:",
+        "",
+        "| OOD set | " + " | ".join(criteria) + " |",
+        "|---|" + "---|" * len(criteria),
+    ]
+    for name, entry in report["ood"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{entry['detection'][c]['ood/auroc']:.4f}" for c in criteria) + " |")
+    if report.get("ood_note"):
+        lines += ["", report["ood_note"]]
+    return lines
+
+
+def render_markdown(report: dict, images: dict[str, bytes] | None = None) -> str:
     model = report["model"]
     lines = [
         f"# {report['task']} / {report['split']} — {model['name']}",
@@ -23,21 +74,82 @@ def render_markdown(report: dict) -> str:
         f"- prompt: `{report['prompt_version']}`, labels {', '.join(repr(w) for w in report['label_words'])}",
         f"- model: {model['name']} ({model['parameters']:,} parameters, {model['dtype']}, from {model['source']})",
     ]
+    if report.get("method"):
+        lines.append("- method: " + ", ".join(f"{k} {v}" for k, v in report["method"].items()))
+    if report.get("trained_on"):
+        lines.append(f"- trained on: {report['trained_on']}")
     if model.get("note"):
         lines.append(f"- note: {model['note']}")
     lines += ["", "| metric | value |", "|---|---|"]
     lines += [f"| `{key}` {METRIC_NAMES.get(key, '')} | {value:.4f} |" for key, value in report["metrics"].items()]
+    lines += _ood_lines(report)
+    if images:
+        lines += ["", "## Plots", ""] + [f"![{PLOT_TITLES.get(n, n)}]({n}.png)" for n in images]
     if report.get("timings"):
         lines += ["", "Timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in report["timings"].items())]
     lines += ["", "Reproduce:", "", "```", report["command"], "```", ""]
     return "\n".join(lines)
 
 
-def write_report(report: dict, out_dir: str | Path) -> Path:
-    """Write ``report.json`` and ``report.md`` into ``out_dir`` (created if needed); return the folder."""
+def render_html(report: dict, images: dict[str, bytes] | None = None) -> str:
+    """A self-contained page: the Markdown tables as HTML and every plot embedded as a base64 PNG."""
+    body = []
+    in_table = False
+    for line in render_markdown(report).splitlines():
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()).replace("**", "") for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-: "):
+                continue
+            tag = "th" if not in_table else "td"
+            if not in_table:
+                body.append("<table>")
+                in_table = True
+            body.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("!["):
+            continue
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif line.startswith("- "):
+            body.append(f"<p>• {html.escape(line[2:])}</p>")
+        elif line and not line.startswith("```"):
+            body.append(
+                f"<p><code>{html.escape(line)}</code></p>"
+                if line.startswith("polar-vbll")
+                else f"<p>{html.escape(line)}</p>"
+            )
+    if in_table:
+        body.append("</table>")
+    for name, png in (images or {}).items():
+        title = html.escape(PLOT_TITLES.get(name, name))
+        body.append(
+            f'<figure><img alt="{title}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+            f"<figcaption>{title}</figcaption></figure>"
+        )
+    style = (
+        "body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px}"
+        "figure{display:inline-block;margin:1em}"
+    )
+    title = html.escape(f"{report['task']} / {report['split']} — {report['model']['name']}")
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
+        f"</head><body>{''.join(body)}</body></html>\n"
+    )
+
+
+def write_report(report: dict, out_dir: str | Path, images: dict[str, bytes] | None = None) -> Path:
+    """Write ``report.json``, ``report.md``, ``report.html`` and one PNG per plot into ``out_dir``, atomically."""
     out = Path(out_dir)
+    for name, png in (images or {}).items():
+        atomic_write_bytes(out / f"{name}.png", png)
     atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", render_markdown(report))
+    atomic_write_text(out / "report.md", render_markdown(report, images))
+    atomic_write_text(out / "report.html", render_html(report, images))
     return out
 
 

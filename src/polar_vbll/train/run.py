@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from safetensors.torch import load_file
 
 from ..adapters import adapter_state_dict
-from ..data import get_task
+from ..data import TaskSpec, get_task
+from ..data.tasks import _load_file
 from ..errors import PolarVBLLError
+from ..metrics import ood_metrics
 from ..models import load_backbone
 from ..report import write_report
 from .config import FitConfig
-from .trainer import FitResult, build_components, evaluate_components
+from .trainer import FitResult, build_components, calibration_plots, evaluate_components
 
 
 def load_run(run_dir: str | Path) -> FitResult:
@@ -37,35 +40,94 @@ def load_run(run_dir: str | Path) -> FitResult:
     return FitResult(run_dir, report, config, backbone, head, task)
 
 
+def _restrict(task: TaskSpec, num_classes: int, split: str | None, limit: int | None):
+    """The task seen through a ``num_classes`` head: items with more choices are dropped (counted)."""
+    items = _load_file(task.files[split or task.eval_split], task.reader)
+    kept = [item for item in items if len(item.choices) <= num_classes][: limit or None]
+    return replace(task, num_classes=num_classes), kept, len(items)
+
+
 def evaluate_run(
     run_dir: str | Path,
     task: str | None = None,
     split: str | None = None,
     limit: int | None = None,
     out: str | Path | None = None,
+    ood: list[str] | tuple = (),
     progress: bool = True,
     command: str | None = None,
 ) -> dict:
-    """Metrics of a trained run on ``task`` (default: its own) — the label words must be the run's."""
+    """Metrics of a trained run on ``task`` (default: its own), and OOD detection against each task in ``ood``.
+
+    Tasks must answer with the run's label words; for lettered tasks with more choices than the run has classes
+    (ARC has 3-5 under an OBQA-trained 4-class head), the items with too many choices are dropped and counted.
+    """
     run = load_run(run_dir)
     config = run.config
     target = get_task(task, config.template) if task else run.task
-    if target.label_words() != run.task.label_words():
-        raise PolarVBLLError(
-            f"task '{target.name}' answers with {target.label_words()}, but the run was trained on "
-            f"'{run.task.name}' with {run.task.label_words()}"
-        )
-    evaluation = evaluate_components(run.backbone, run.head, target, config, split, limit, progress)
+    _check_labels(target, run.task)
+    target, items, n_total = _restrict(target, run.task.num_classes, split or config.eval_split, limit)
+    evaluation = evaluate_components(run.backbone, run.head, target, config, split, progress=progress, items=items)
     report = {
-        **{k: v for k, v in run.report.items() if k not in ("metrics", "timings")},
+        **{k: v for k, v in run.report.items() if k not in ("metrics", "timings", "ood")},
         "task": evaluation["task"],
         "split": evaluation["split"],
         "n": evaluation["n"],
         "metrics": evaluation["metrics"],
         "trained_on": run.task.name,
+        "n_total": n_total,
         "timings": {"eval_s": evaluation["eval_s"]},
         "command": command or f"polar-vbll evaluate {run_dir} --task {target.name}",
     }
+    images = calibration_plots(evaluation)
+    if ood:
+        report["ood"], ood_scores = {}, {}
+        for name in ood:
+            spec = get_task(name, config.template)
+            _check_labels(spec, run.task)
+            spec, kept, total = _restrict(spec, run.task.num_classes, None, limit)
+            if not kept:
+                raise PolarVBLLError(f"OOD task '{name}': no item has at most {run.task.num_classes} choices")
+            shifted = evaluate_components(
+                run.backbone, run.head, spec, config, spec.eval_split, progress=progress, items=kept
+            )
+            detection = {c: ood_metrics(evaluation["scores"][c], shifted["scores"][c]) for c in evaluation["scores"]}
+            best = max(detection, key=lambda c: detection[c]["ood/auroc"])
+            report["ood"][spec.name] = {
+                "split": spec.eval_split,
+                "n": len(kept),
+                "n_total": total,
+                "metrics": shifted["metrics"],
+                "detection": detection,
+                "best_criterion": best,
+            }
+            ood_scores[spec.name] = shifted["scores"]
+        report["ood_note"] = (
+            f"Items with more than {run.task.num_classes} choices are dropped from tasks with more "
+            "classes (kept / total above); the remaining ones keep probability 0 on absent letters."
+        )
+        best = max(
+            evaluation["scores"], key=lambda c: sum(e["detection"][c]["ood/auroc"] for e in report["ood"].values())
+        )
+        report["ood_best_criterion"] = best
+        from ..report import plots
+
+        images["ood_hist"] = plots.score_histograms(
+            evaluation["scores"][best], {n: sc[best] for n, sc in ood_scores.items()}, best
+        )
+        images["ood_roc"] = plots.roc_curves(
+            evaluation["scores"][best], {n: sc[best] for n, sc in ood_scores.items()}, best
+        )
     if out is not None:
-        write_report(report, out)
+        write_report(report, out, images)
     return report
+
+
+def _check_labels(task: TaskSpec, trained: TaskSpec) -> None:
+    same_words = task.label_words() == trained.label_words()
+    both_letters = task.template.labels == "letters" and trained.template.labels == "letters"
+    if not (same_words or both_letters):
+        raise PolarVBLLError(
+            f"task '{task.name}' answers with {task.label_words()}, but the run was trained on "
+            f"'{trained.name}' with {trained.label_words()}"
+        )

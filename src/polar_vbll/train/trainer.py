@@ -38,7 +38,7 @@ from ..adapters import (
 from ..atomic import atomic_directory, atomic_write_json, atomic_write_text
 from ..data import TaskSpec, collate, encode_items, get_task, iter_batches, label_token_ids
 from ..errors import PolarVBLLError
-from ..metrics import classification_metrics
+from ..metrics import classification_metrics, criterion_scores, selective_metrics
 from ..models import Backbone, load_backbone
 from ..optim import build_optimizer
 from ..report import write_report
@@ -122,36 +122,50 @@ def predict(
     n_samples: int = 100,
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Probabilities (N, C) and per-example total / aleatoric / epistemic uncertainty, in data order."""
+    """Probabilities (N, C), per-example total / aleatoric / epistemic uncertainty and the ID score of every OOD
+    criterion the head supports (``scores``), in data order."""
     backbone.eval()
     head.eval()
     generator = torch.Generator().manual_seed(seed)
     encoded = encode_items(backbone.tokenizer, task, items, max_length)
     out = {k: np.zeros(len(items)) for k in ("total", "aleatoric", "epistemic")}
     out["probs"] = np.zeros((len(items), task.num_classes))
+    scores: dict[str, np.ndarray] = {}
     bar = tqdm(total=len(items), desc="evaluating", unit="ex", disable=not progress)
     for idx, batch in iter_batches(encoded, batch_size, backbone.tokenizer.pad_token_id, task.num_classes):
         features = backbone.features(batch["input_ids"], batch["attention_mask"])
         out["probs"][idx] = head.predict_probs(features, batch["choice_mask"], generator).double().numpy()
-        samples = torch.softmax(head.sample_logits(features, n_samples, batch["choice_mask"], generator), -1)
-        for key, value in uncertainty_decomposition(samples).items():
+        logits = head.sample_logits(features, n_samples, batch["choice_mask"], generator)
+        for key, value in uncertainty_decomposition(torch.softmax(logits, -1)).items():
             out[key][idx] = value.double().numpy()
+        for key, value in criterion_scores(logits, head.stochastic).items():
+            scores.setdefault(key, np.zeros(len(items)))[idx] = value
         bar.update(len(idx))
     bar.close()
+    out["scores"] = scores
     return out
 
 
 def evaluate_components(
-    backbone, head, task, config: FitConfig, split: str | None = None, limit: int | None = None, progress: bool = False
+    backbone,
+    head,
+    task,
+    config: FitConfig,
+    split: str | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+    items=None,
 ) -> dict:
+    """Metrics (cls/, cal/, sel/, unc/), probabilities and OOD criterion scores on ``split`` (or on ``items``)."""
     split = split or config.eval_split or task.eval_split
-    items = task.load(split)[: limit or None]
+    items = task.load(split)[: limit or None] if items is None else items
     start = time.perf_counter()
     pred = predict(
         backbone, head, task, items, config.eval_batch_size, config.max_length, config.seed, progress=progress
     )
     labels = np.array([item.answer for item in items])
     metrics = classification_metrics(pred["probs"], labels)
+    metrics.update(selective_metrics(pred["probs"], labels))
     metrics.update({f"unc/{k}_mean": float(pred[k].mean()) for k in ("total", "aleatoric", "epistemic")})
     return {
         "task": task.name,
@@ -160,7 +174,19 @@ def evaluate_components(
         "metrics": metrics,
         "probs": pred["probs"],
         "labels": labels,
+        "scores": pred["scores"],
         "eval_s": time.perf_counter() - start,
+    }
+
+
+def calibration_plots(evaluation: dict) -> dict[str, bytes]:
+    """Reliability diagram and risk-coverage curve of an evaluation (see :mod:`polar_vbll.report.plots`)."""
+    from ..report import plots
+
+    title = f"{evaluation['task']} / {evaluation['split']}"
+    return {
+        "reliability": plots.reliability_diagram(evaluation["probs"], evaluation["labels"], title=title),
+        "risk_coverage": plots.risk_coverage_plot(evaluation["probs"], evaluation["labels"]),
     }
 
 
@@ -294,7 +320,7 @@ def fit(
     save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(out / "head.safetensors"))
     evaluation = evaluate_components(backbone, head, task, config, limit=config.eval_limit, progress=progress)
     report = _run_report(config, backbone, task, evaluation, out, command, trainable, total, train_s, start_step)
-    write_report(report, out)
+    write_report(report, out, calibration_plots(evaluation))
     return FitResult(out, report, config, backbone, head, task)
 
 

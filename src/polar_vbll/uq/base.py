@@ -20,6 +20,8 @@ class UQHead(nn.Module, abc.ABC):
 
     #: weight decay on the adapter that the method implies (MAP: 1e-5)
     adapter_weight_decay: float = 0.0
+    #: whether its logit samples differ (enables sample-based OOD criteria such as mutual information)
+    stochastic: bool = False
 
     @abc.abstractmethod
     def loss(

@@ -204,6 +204,8 @@ class VBLLHead(UQHead):
     untrained head reproduces the zero-shot model up to its small initial variance).
     """
 
+    stochastic = True
+
     def __init__(self, init_weight: torch.Tensor, n_train: int, config: VBLLConfig | None = None):
         super().__init__()
         self.config = config = config or VBLLConfig()

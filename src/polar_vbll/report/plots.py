@@ -1,0 +1,99 @@
+"""Plots a person would rather see than read; each returns PNG bytes (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from ..metrics import check_probs, risk_coverage  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def reliability_diagram(probs, labels, n_bins: int = 15, title: str = "") -> bytes:
+    """Accuracy vs confidence per equal-width bin (gap to the diagonal shaded), with the confidence histogram."""
+    p, y = check_probs(probs, labels)
+    confidence, correct = p.max(1), (p.argmax(1) == y)
+    edges = np.linspace(0, 1, n_bins + 1)
+    bins = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    counts = np.bincount(bins, minlength=n_bins)
+    acc = np.bincount(bins, weights=correct, minlength=n_bins) / np.maximum(counts, 1)
+    conf = np.bincount(bins, weights=confidence, minlength=n_bins) / np.maximum(counts, 1)
+    centers, width = (edges[:-1] + edges[1:]) / 2, 1 / n_bins
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.8, 5.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    filled = counts > 0
+    top.bar(centers[filled], acc[filled], width=width, edgecolor="black", color="#4c72b0", label="accuracy")
+    top.bar(
+        centers[filled],
+        conf[filled] - acc[filled],
+        bottom=acc[filled],
+        width=width,
+        fill=False,
+        hatch="//",
+        edgecolor="#c44e52",
+        label="gap to mean confidence",
+    )
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1)
+    top.legend(loc="lower right", fontsize=8)
+    top.set_title(title or "Reliability diagram")
+    bottom.bar(centers, counts / counts.sum(), width=width, color="#55a868", edgecolor="black")
+    bottom.set_xlabel("confidence (top-class probability)")
+    bottom.set_ylabel("share")
+    bottom.set_xlim(0, 1)
+    return _png(fig)
+
+
+def risk_coverage_plot(probs, labels, title: str = "") -> bytes:
+    coverage, risk = risk_coverage(probs, labels)
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    ax.plot(coverage, risk, color="#4c72b0")
+    ax.axhline(risk[-1], color="gray", linestyle=":", linewidth=1, label=f"risk at full coverage {risk[-1]:.3f}")
+    ax.set_xlabel("coverage (share of examples answered, most confident first)")
+    ax.set_ylabel("risk (error rate)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, max(0.05, float(risk.max()) * 1.1))
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"Risk-coverage (AURC {risk.mean():.3f})")
+    return _png(fig)
+
+
+def score_histograms(id_scores, ood_scores: dict[str, np.ndarray], criterion: str) -> bytes:
+    """Distribution of one criterion's ID score on the ID set and on each OOD set."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    everything = np.concatenate([id_scores, *ood_scores.values()])
+    bins = np.linspace(everything.min(), everything.max() + 1e-9, 30)
+    ax.hist(id_scores, bins=bins, density=True, alpha=0.6, label="in-distribution", color="#4c72b0")
+    for name, scores in ood_scores.items():
+        ax.hist(scores, bins=bins, density=True, histtype="step", linewidth=1.5, label=name)
+    ax.set_xlabel(f"{criterion} score (higher = more in-distribution)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    ax.set_title(f"ID vs OOD: {criterion}")
+    return _png(fig)
+
+
+def roc_curves(id_scores, ood_scores: dict[str, np.ndarray], criterion: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    for name, scores in ood_scores.items():
+        is_id = np.concatenate([np.ones(len(id_scores)), np.zeros(len(scores))])
+        fpr, tpr, _ = roc_curve(is_id, np.concatenate([id_scores, scores]))
+        ax.plot(fpr, tpr, label=name)
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+    ax.set_xlabel("false positive rate (OOD taken as ID)")
+    ax.set_ylabel("true positive rate (ID kept)")
+    ax.legend(fontsize=8)
+    ax.set_title(f"ROC, ID = positive: {criterion}")
+    return _png(fig)

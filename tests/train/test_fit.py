@@ -146,6 +146,14 @@ def test_cli_fit_and_evaluate(tiny_dir, task_dir, tmp_path, capsys):
     assert main(args) == 2 and "already holds a run" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
     assert main(["fit", "--resume", str(tmp_path / "cli"), "--quiet"]) == 0
+    other = [a if a != "diagonal" else "dense" for a in args[:-3]] + ["--out", str(tmp_path / "cli2"), "--quiet"]
+    assert main(other) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "cli"), str(tmp_path / "cli2"), "--out", str(tmp_path / "cmp")]) == 0
+    table = capsys.readouterr().out
+    assert "| cli | polar-vbll |" in table and "| cli2 | polar-vbll |" in table and "**" in table
+    assert (tmp_path / "cmp" / "comparison.md").read_text().strip() == table.strip()
+    assert main(["report", str(tmp_path / "nothing")]) == 2
 
 
 def test_config_files_and_errors(tmp_path):

@@ -15,6 +15,7 @@ def make_head(covariance: str, seed: int = 0, **options) -> VBLLHead:
     head = VBLLHead(torch.randn(C, D) * 0.3, N, VBLLConfig(covariance=covariance, **options))
     with torch.no_grad():  # move away from the near-zero initial covariance so that every term matters
         head.guide.log_diag.add_(torch.randn(C, D) * 0.3 + 1.5)
+        head.guide.mean.add_(torch.randn(C, D) * 0.2)  # away from the prior mean too
         if covariance in ("dense", "lowrank"):
             head.guide.offdiag.add_(torch.randn(head.guide.offdiag.shape) * 0.05)
     return head
@@ -33,7 +34,7 @@ def reference(head: VBLLHead, covariance: str) -> DiscClassification:
 
 @pytest.mark.parametrize("covariance", ["dense", "diagonal"])
 def test_jensen_loss_and_logit_predictive_equal_the_vbll_package(covariance):
-    head = make_head(covariance)
+    head = make_head(covariance, prior_mean="zero")  # vbll's prior is centered at 0
     ref = reference(head, covariance)
     x, y = torch.randn(8, D), torch.randint(0, C, (8,))
     # vbll drops the constant −d per class from the KL; ours is the exact KL
@@ -53,11 +54,13 @@ def test_jensen_loss_and_logit_predictive_equal_the_vbll_package(covariance):
 def test_kl_is_exact_and_scales_with_the_regularization_weight(covariance):
     head = make_head(covariance)
     q = head.guide.distribution()
-    p = torch.distributions.Normal(torch.zeros(C, D), math.sqrt(head.prior_var))
+    prior_mean = head.model.prior_mean
+    assert torch.count_nonzero(prior_mean) > 0  # default: centered on the initial rows, not 0
+    p = torch.distributions.Normal(prior_mean, math.sqrt(head.prior_var))
     if covariance == "diagonal":
         exact = torch.distributions.kl_divergence(q.base_dist, p).sum()
     else:
-        p_mvn = torch.distributions.MultivariateNormal(torch.zeros(C, D), head.prior_var * torch.eye(D))
+        p_mvn = torch.distributions.MultivariateNormal(prior_mean, head.prior_var * torch.eye(D))
         exact = torch.distributions.kl_divergence(q.base_dist, p_mvn).sum()
     torch.testing.assert_close(head.kl_divergence(), exact, rtol=1e-4, atol=1e-4)
     x, y = torch.randn(5, D), torch.randint(0, C, (5,))
@@ -153,7 +156,7 @@ def test_post_hoc_laplace_equals_the_inverse_hessian_blocks(covariance):
 
     def neg_log_posterior(weight):
         nll = torch.nn.functional.cross_entropy(x @ weight.view(C, D).T, y, reduction="sum") * 2  # M=40 stands for 80
-        return nll + 0.5 * weight.pow(2).sum() / head.prior_var
+        return nll + 0.5 * (weight - head.model.prior_mean.flatten()).pow(2).sum() / head.prior_var
 
     hessian = torch.autograd.functional.hessian(neg_log_posterior, head.guide.mean.detach().flatten())
     for k in range(C):

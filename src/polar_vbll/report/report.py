@@ -97,7 +97,7 @@ def render_html(report: dict, images: dict[str, bytes] | None = None) -> str:
     in_table = False
     for line in render_markdown(report).splitlines():
         if line.startswith("|"):
-            cells = [html.escape(c.strip()).replace("**", "") for c in line.strip("|").split("|")]
+            cells = [html.escape(c.strip()).replace("**", "").replace("`", "") for c in line.strip("|").split("|")]
             if set("".join(cells)) <= set("-: "):
                 continue
             tag = "th" if not in_table else "td"

@@ -1,15 +1,16 @@
 """Variational Bayesian last layer for classification (Harrison et al. 2024), written with Pyro.
 
 Features φ ∈ R^d, classes C. Posterior q(W) = Π_k N(w̄_k, S_k) with S_k dense (Cholesky L_k), diagonal, or
-low-rank + diagonal; prior p(w_k) = N(0, s₀ I), s₀ = prior_scale · 2 / d. Optional logit noise ε ~ N(0, diag σ²)
-with a Wishart (Gamma) prior on its precision, point-estimated as in the ``vbll`` package.
+low-rank + diagonal; prior p(w_k) = N(m_k, s₀ I), s₀ = prior_scale · 2 / d, with m_k the initial (pretrained)
+row (default) or 0 (vbll's choice). Optional logit noise ε ~ N(0, diag σ²) with a Wishart (Gamma) prior on its
+precision, point-estimated as in the ``vbll`` package.
 
 Logits are Gaussian: z_k ~ N(w̄_kᵀφ, v_k), v_k = φᵀ S_k φ + σ_k². The training objective is the closed-form
 Jensen bound of the ELBO (no sampling):
 
     ℓ(φ, y) = w̄_yᵀφ − log Σ_k exp(w̄_kᵀφ + ½ v_k)  ≤  E_q[log softmax(z)_y]
     loss = −[ mean_batch ℓ + λ (wishart − KL(q ‖ p)) ],  λ = 1 / N_train,
-    KL = ½ Σ_k [ ‖w̄_k‖² / s₀ + tr(S_k) / s₀ + d log s₀ − log|S_k| − d ].
+    KL = ½ Σ_k [ ‖w̄_k − m_k‖² / s₀ + tr(S_k) / s₀ + d log s₀ − log|S_k| − d ].
 
 The same model is also a Pyro program (``VBLLModel`` prior + likelihood, ``VBLLGuide`` posterior, both
 ``PyroModule`` with module-local parameters), so ``objective="mc"`` trains on Pyro's Monte-Carlo ``Trace_ELBO``.
@@ -45,6 +46,9 @@ class VBLLConfig:
     covariance: Covariance = _help("posterior covariance per class: dense (Cholesky), diagonal, lowrank", "dense")
     cov_rank: int = _help("rank of the low-rank part (covariance='lowrank')", 4)
     prior_scale: float = _help("prior variance = prior_scale · 2 / d (vbll's width scaling)", 1.0)
+    prior_mean: Literal["init", "zero"] = _help(
+        "prior mean: the initial head (the pretrained label rows) or zero (vbll's choice)", "init"
+    )
     logit_noise: bool = _help("learn Gaussian logit noise σ² with a Wishart prior (as vbll)", True)
     wishart_scale: float = _help("scale of the Wishart prior on the noise precision", 1.0)
     dof: float = _help("degrees of freedom of the Wishart prior", 1.0)
@@ -58,6 +62,7 @@ class VBLLConfig:
             "covariance": ("dense", "diagonal", "lowrank"),
             "objective": ("jensen", "mc"),
             "predictive": ("mc", "probit"),
+            "prior_mean": ("init", "zero"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -144,11 +149,12 @@ class VBLLGuide(PyroModule):
 
 
 class VBLLModel(PyroModule):
-    """Prior N(0, s₀ I) on W and the softmax likelihood of the (noisy) logits, scaled to the data set size."""
+    """Prior N(m, s₀ I) on W and the softmax likelihood of the (noisy) logits, scaled to the data set size."""
 
-    def __init__(self, num_classes: int, d: int, prior_var: float):
+    def __init__(self, prior_mean: torch.Tensor, prior_var: float):
         super().__init__()
-        self.num_classes, self.d, self.prior_var = num_classes, d, prior_var
+        self.register_buffer("prior_mean", prior_mean.clone())
+        self.prior_var = prior_var
 
     def forward(
         self,
@@ -158,7 +164,7 @@ class VBLLModel(PyroModule):
         noise_scale: torch.Tensor | None = None,
         choice_mask: torch.Tensor | None = None,
     ):
-        weight = pyro.sample("W", dist.Normal(0.0, self.prior_var**0.5).expand([self.num_classes, self.d]).to_event(2))
+        weight = pyro.sample("W", dist.Normal(self.prior_mean, self.prior_var**0.5).to_event(2))
         logits = features @ weight.transpose(-1, -2)
         with _data_plate(features, n_data):
             if noise_scale is not None:
@@ -216,7 +222,11 @@ class VBLLHead(UQHead):
         self.regularization_weight = 1.0 / n_train
         self.prior_var = config.prior_scale * 2.0 / self.in_features
         self.guide = VBLLGuide(init_weight.detach(), config.covariance, config.cov_rank)
-        self.model = VBLLModel(self.num_classes, self.in_features, self.prior_var)
+        # Centering the prior on the pretrained rows (default) makes the KL pull towards the zero-shot head rather
+        # than towards 0; with vbll's zero mean and s₀ = 2/d, the KL of SmolLM2's label rows is ~10⁴ nats, which
+        # on a 5k-example task outweighs the data term (OBQA: accuracy fell below chance).
+        prior_mean = init_weight.detach().float() if config.prior_mean == "init" else torch.zeros_like(init_weight)
+        self.model = VBLLModel(prior_mean.float(), self.prior_var)
         # one value for all classes (vbll draws randn − 1 per class), so that the untrained head ranks classes as
         # the zero-shot model does
         self.noise_log_std = nn.Parameter(torch.full((self.num_classes,), -1.0)) if config.logit_noise else None
@@ -242,7 +252,8 @@ class VBLLHead(UQHead):
         """KL(q(W) ‖ p(W)), exact (constants included)."""
         trace, logdet = self.guide.trace_and_logdet()
         s0, d, c = self.prior_var, self.in_features, self.num_classes
-        return 0.5 * (self.guide.mean.pow(2).sum() / s0 + trace / s0 + c * d * math.log(s0) - logdet - c * d)
+        shift = (self.guide.mean - self.model.prior_mean).pow(2).sum()
+        return 0.5 * (shift / s0 + trace / s0 + c * d * math.log(s0) - logdet - c * d)
 
     def wishart_term(self) -> torch.Tensor:
         """log-density (up to a constant) of the Wishart prior on the noise precision; 0 without noise."""

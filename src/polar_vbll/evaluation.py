@@ -162,10 +162,6 @@ def evaluate(
             command = shlex.join(args + ["--out", str(out)])
         from .report import plots
 
-        title = f"{spec.name} / {split} (zero-shot)"
-        images = {
-            "reliability": plots.reliability_diagram(probs, labels, n_bins, title=title),
-            "risk_coverage": plots.risk_coverage_plot(probs, labels),
-        }
+        images = plots.calibration_plots(probs, labels, f"{spec.name} / {split} (zero-shot)", n_bins)
         write_report(result.to_dict(command), out, images)
     return result

@@ -97,3 +97,11 @@ def roc_curves(id_scores, ood_scores: dict[str, np.ndarray], criterion: str) -> 
     ax.legend(fontsize=8)
     ax.set_title(f"ROC, ID = positive: {criterion}")
     return _png(fig)
+
+
+def calibration_plots(probs, labels, title: str = "", n_bins: int = 15) -> dict[str, bytes]:
+    """The two plots of every report: reliability diagram and risk-coverage curve."""
+    return {
+        "reliability": reliability_diagram(probs, labels, n_bins, title=title),
+        "risk_coverage": risk_coverage_plot(probs, labels),
+    }

@@ -180,14 +180,16 @@ def evaluate_components(
 
 
 def calibration_plots(evaluation: dict) -> dict[str, bytes]:
-    """Reliability diagram and risk-coverage curve of an evaluation (see :mod:`polar_vbll.report.plots`)."""
+    """The report plots of an ``evaluate_components`` result."""
     from ..report import plots
 
-    title = f"{evaluation['task']} / {evaluation['split']}"
-    return {
-        "reliability": plots.reliability_diagram(evaluation["probs"], evaluation["labels"], title=title),
-        "risk_coverage": plots.risk_coverage_plot(evaluation["probs"], evaluation["labels"]),
-    }
+    return plots.calibration_plots(
+        evaluation["probs"], evaluation["labels"], f"{evaluation['task']} / {evaluation['split']}"
+    )
+
+
+def save_head(head: UQHead, path: Path) -> None:
+    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(path))
 
 
 def _phase(step: int, config: FitConfig) -> str:
@@ -317,7 +319,7 @@ def fit(
     if config.laplace:
         _laplace(backbone, head, task, items, config)
     save_adapter(backbone.model, out / "adapter")
-    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(out / "head.safetensors"))
+    save_head(head, out / "head.safetensors")
     evaluation = evaluate_components(backbone, head, task, config, limit=config.eval_limit, progress=progress)
     report = _run_report(config, backbone, task, evaluation, out, command, trainable, total, train_s, start_step)
     write_report(report, out, calibration_plots(evaluation))
@@ -376,7 +378,7 @@ def _run_report(config, backbone, task, evaluation, out, command, trainable, tot
 def _save_checkpoint(folder: Path, step: int, backbone, head, optimizers, correct: int, seen: int) -> None:
     with atomic_directory(folder) as tmp:
         save_file(adapter_state_dict(backbone.model), str(tmp / "adapter.safetensors"))
-        save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(tmp / "head.safetensors"))
+        save_head(head, tmp / "head.safetensors")
         save_state(
             {
                 "step": step,

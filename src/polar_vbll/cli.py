@@ -178,6 +178,7 @@ _NONE_DEFAULT_TYPES = {
     "train_limit": int,
     "eval_split": str,
     "eval_limit": int,
+    "corda_task": str,
 }
 
 
@@ -194,7 +195,7 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str = "",
         dest = (prefix + f.name).replace("-", "_")
         if isinstance(default, bool) or f.name == "alternate":
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=helptext)
-        elif isinstance(default, list):
+        elif isinstance(default, list) or f.name == "target_modules":
             parser.add_argument(flag, dest=dest, nargs="+", default=None, help=helptext)
         else:
             kind = _NONE_DEFAULT_TYPES.get(f.name, type(default))

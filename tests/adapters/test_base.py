@@ -103,7 +103,7 @@ def test_regex_targets_and_bad_targets():
     model = tiny_llama(500)
     names = inject_adapters(model, make_config("lora", r=2, target_modules=r"model\.layers\.0\.mlp\..*_proj"))
     assert names == [f"model.layers.0.mlp.{n}_proj" for n in ("gate", "up", "down")]
-    with pytest.raises(PolarVBLLError, match="already has an adapter"):
+    with pytest.raises(PolarVBLLError, match="the model already has a 'lora' adapter"):
         inject_adapters(model, make_config("lora", r=2, target_modules=["gate_proj"]))
     with pytest.raises(
         PolarVBLLError,

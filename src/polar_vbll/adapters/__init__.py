@@ -3,46 +3,77 @@
 A method is a config dataclass plus a layer class, registered in :data:`ADAPTERS` (one file, one line).
 """
 
-from . import dora, lora, polar  # noqa: F401  (registers the methods)
+from . import corda, dora, lisa, lora, pissa, polar, s2ft  # noqa: F401  (registers the methods)
 from .base import (
     ADAPTERS,
     AdapterConfig,
     AdapterLinear,
+    LowRankConfig,
+    ModelTuner,
+    TunerConfig,
+    adapter_config,
     adapter_layers,
+    adapter_parameters,
     adapter_state_dict,
     count_trainable,
     inject_adapters,
     load_adapter,
     load_adapter_config,
+    load_adapter_state,
     make_config,
     merge_adapters,
+    model_tuner,
     save_adapter,
     unmerge_adapters,
 )
+from .corda import CordaConfig, CordaLinear, cached_covariances, collect_covariances
 from .diagnostics import adapter_diagnostics, orthogonality_error, stable_rank
 from .dora import DoraConfig, DoraLinear
+from .lisa import LisaConfig, LisaTuner
 from .lora import LoraConfig, LoraLinear
+from .pissa import PissaConfig, PissaLinear
 from .polar import PolarConfig, PolarLinear
+from .residual import ResidualLoraLinear, export_lora
+from .s2ft import S2FTConfig, S2FTLinear
 
 __all__ = [
     "ADAPTERS",
     "AdapterConfig",
     "AdapterLinear",
+    "CordaConfig",
+    "CordaLinear",
     "DoraConfig",
     "DoraLinear",
+    "LisaConfig",
+    "LisaTuner",
     "LoraConfig",
     "LoraLinear",
+    "LowRankConfig",
+    "ModelTuner",
+    "PissaConfig",
+    "PissaLinear",
     "PolarConfig",
     "PolarLinear",
+    "ResidualLoraLinear",
+    "S2FTConfig",
+    "S2FTLinear",
+    "TunerConfig",
+    "adapter_config",
     "adapter_diagnostics",
     "adapter_layers",
+    "adapter_parameters",
     "adapter_state_dict",
+    "cached_covariances",
+    "collect_covariances",
     "count_trainable",
+    "export_lora",
     "inject_adapters",
     "load_adapter",
     "load_adapter_config",
+    "load_adapter_state",
     "make_config",
     "merge_adapters",
+    "model_tuner",
     "orthogonality_error",
     "save_adapter",
     "stable_rank",

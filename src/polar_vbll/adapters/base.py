@@ -28,31 +28,10 @@ ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 
 
 @dataclass
-class AdapterConfig:
-    """Options every adapter shares. Subclasses add their own fields and set ``method``."""
+class TunerConfig:
+    """What every fine-tuning method's config has: its registered ``method`` name, a dict form and help texts."""
 
     method: ClassVar[str] = ""
-    r: int = _help("rank of the update ΔW", 8)
-    alpha: float = _help("scale numerator: ΔW is multiplied by alpha / r", 16.0)
-    target_modules: list[str] | str = _help(
-        "Linear modules to adapt: a list of name suffixes (e.g. q_proj) or one regex matched against full names",
-        default_factory=lambda: ["q_proj", "v_proj"],
-    )
-    dropout: float = _help("dropout on the adapter input (0 = none)", 0.0)
-
-    def __post_init__(self):
-        if not isinstance(self.r, int) or self.r < 1:
-            raise PolarVBLLError(f"{type(self).__name__}.r must be a positive integer, got {self.r!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise PolarVBLLError(f"{type(self).__name__}.dropout must lie in [0, 1), got {self.dropout}")
-        if isinstance(self.target_modules, tuple):
-            self.target_modules = list(self.target_modules)
-        if not self.target_modules:
-            raise PolarVBLLError(f"{type(self).__name__}.target_modules is empty")
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.r
 
     def to_dict(self) -> dict:
         return {"method": self.method, **asdict(self)}
@@ -61,21 +40,78 @@ class AdapterConfig:
     def help(cls) -> dict[str, str]:
         return {f.name: f.metadata.get("help", "") for f in fields(cls)}
 
+    def _check_ratio(self, name: str) -> None:
+        value = getattr(self, name)
+        if not 0.0 < value <= 1.0:
+            raise PolarVBLLError(f"{type(self).__name__}.{name} must lie in (0, 1], got {value}")
+
+
+@dataclass
+class AdapterConfig(TunerConfig):
+    """Options of every method that wraps ``nn.Linear`` modules. Subclasses add their own fields and set ``method``."""
+
+    target_modules: list[str] | str = _help(
+        "Linear modules to adapt: a list of name suffixes (e.g. q_proj) or one regex matched against full names",
+        default_factory=lambda: ["q_proj", "v_proj"],
+    )
+    dropout: float = _help("dropout on the adapter input (0 = none)", 0.0)
+
+    def __post_init__(self):
+        if not 0.0 <= self.dropout < 1.0:
+            raise PolarVBLLError(f"{type(self).__name__}.dropout must lie in [0, 1), got {self.dropout}")
+        if isinstance(self.target_modules, tuple):
+            self.target_modules = list(self.target_modules)
+        if not self.target_modules:
+            raise PolarVBLLError(f"{type(self).__name__}.target_modules is empty")
+
+
+@dataclass
+class LowRankConfig(AdapterConfig):
+    """Low-rank updates ΔW = (alpha / r) · (rank-r product)."""
+
+    r: int = _help("rank of the update ΔW", 8)
+    alpha: float = _help("scale numerator: ΔW is multiplied by alpha / r", 16.0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.r, int) or self.r < 1:
+            raise PolarVBLLError(f"{type(self).__name__}.r must be a positive integer, got {self.r!r}")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
 
 class AdapterLinear(nn.Module, abc.ABC):
     """Wraps ``base_layer`` (frozen) and adds ``delta(x)``; subclasses define the update.
 
     ``merge()`` folds ΔW into the base weight (then ``forward`` is the base alone); ``unmerge()`` takes it out.
+    Methods that change the base weight at initialization (PiSSA, CorDA: a residual; S2FT: a permutation) keep
+    what they did in persistent buffers and override :meth:`load_adapter_state`, so that a saved adapter loaded onto
+    a fresh base restores the same base weight.
     """
 
-    def __init__(self, base_layer: nn.Linear, config: AdapterConfig):
+    def __init__(self, base_layer: nn.Linear, config: AdapterConfig, **init):
         super().__init__()
+        if init:
+            raise PolarVBLLError(f"{type(self).__name__} got unexpected options {sorted(init)}")
         self.base_layer = base_layer
         self.config = config
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
-        self.scaling = config.scaling
+        self.scaling = getattr(config, "scaling", 1.0)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.merged = False
+
+    @classmethod
+    def plan(cls, model: nn.Module, config: AdapterConfig, names: list[str], restore: bool, **data) -> dict[str, dict]:
+        """Options of each layer's constructor, by module name (which may add modules to ``names``).
+
+        ``restore=True``: the layers will be loaded from a saved adapter, so skip data-dependent initialization.
+        ``data``: what :func:`inject_adapters` was given (e.g. ``covariances`` for CorDA).
+        """
+        if data:
+            raise PolarVBLLError(f"adapter '{config.method}' takes no initialization data, got {sorted(data)}")
+        return {name: {} for name in names}
 
     @abc.abstractmethod
     def delta(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,23 +141,74 @@ class AdapterLinear(nn.Module, abc.ABC):
             weight.copy_((weight.float() - self.delta_weight()).to(weight.dtype))
             self.merged = False
 
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load this layer's saved adapter tensors (keys relative to the layer, base weights excluded)."""
+        if self.merged:
+            raise PolarVBLLError("unmerge the adapter before loading adapter weights into it")
+        self.load_state_dict(state, strict=False)
+
     def low_rank_factors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(U (out, k), V (k, in)) with ΔW = U V, for cheap diagnostics; ``(ΔW, None)`` when not low-rank."""
         return self.delta_weight(), None
 
 
+class ModelTuner(abc.ABC):
+    """A method that trains parameters the model already has (LISA) instead of wrapping Linear modules.
+
+    Lives on the model as ``model.polar_vbll_tuner``; the trainer calls :meth:`on_step` before every step.
+    """
+
+    def __init__(self, model: nn.Module, config: TunerConfig):
+        self.model = model
+        self.config = config
+
+    @abc.abstractmethod
+    def parameters(self) -> list[nn.Parameter]:
+        """Every parameter the method may ever train (the optimizer's parameter list)."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained tensors, by the model's parameter names."""
+
+    def load_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
+        params = dict(self.model.named_parameters())
+        unknown = sorted(set(state) - set(params))
+        if unknown:
+            raise PolarVBLLError(f"{source}: tensors {unknown[:3]} are not parameters of this model")
+        with torch.no_grad():
+            for name, value in state.items():
+                if params[name].shape != value.shape:
+                    raise PolarVBLLError(
+                        f"{source}: {name} has shape {tuple(value.shape)}, the model's {tuple(params[name].shape)}"
+                    )
+                params[name].copy_(value)
+
+    def on_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:  # noqa: B027 (optional hook)
+        """Called before optimizer step ``step`` (0-based)."""
+
+
 @dataclass(frozen=True)
 class AdapterMethod:
-    config: type[AdapterConfig]
-    layer: type[AdapterLinear]
+    """A registered method: its config class and either a Linear wrapper (``layer``) or a model tuner."""
+
+    config: type[TunerConfig]
+    layer: type[AdapterLinear] | None = None
+    tuner: type[ModelTuner] | None = None
 
 
 ADAPTERS: Registry[AdapterMethod] = Registry("adapter")
+TUNER_ATTR = "polar_vbll_tuner"
+CONFIG_ATTR = "polar_vbll_adapter_config"
 
 
-def make_config(method: str, **options) -> AdapterConfig:
+def make_config(method: str, **options) -> TunerConfig:
     """``make_config("polar", r=8)``: the config class of a registered method, validated."""
-    return ADAPTERS.get(method).config(**options)
+    config_cls = ADAPTERS.get(method).config
+    known = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise PolarVBLLError(f"adapter '{method}' has no option(s) {', '.join(unknown)}; it has {', '.join(known)}")
+    return config_cls(**options)
 
 
 def _matches(name: str, targets: list[str] | str) -> bool:
@@ -130,17 +217,31 @@ def _matches(name: str, targets: list[str] | str) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def inject_adapters(model: nn.Module, config: AdapterConfig) -> list[str]:
-    """Freeze ``model`` and wrap every target ``nn.Linear`` with the method's adapter layer; return their names.
+def target_names(model: nn.Module, targets: list[str] | str) -> list[str]:
+    """Names of the modules ``targets`` (name suffixes or one regex) selects, in model order."""
+    return [name for name, _ in model.named_modules() if name and _matches(name, targets)]
 
-    Raises :class:`PolarVBLLError` for a target that matches nothing, a non-Linear target, or a rank above
-    min(in, out).
+
+def inject_adapters(model: nn.Module, config: TunerConfig, *, restore: bool = False, **data) -> list[str]:
+    """Freeze ``model`` and apply the method: wrap every target ``nn.Linear`` with the method's adapter layer (or
+    attach its model tuner); return the names of the adapted modules.
+
+    ``restore=True`` skips data-dependent initialization (the adapter will be loaded from a file); ``data`` is
+    initialization data some methods need (CorDA: ``covariances``). Raises :class:`PolarVBLLError` for a target
+    that matches nothing, a non-Linear target, or a rank above min(in, out).
     """
-    layer_cls = ADAPTERS.get(config.method).layer
+    method = ADAPTERS.get(config.method)
+    if getattr(model, CONFIG_ATTR, None) is not None:
+        raise PolarVBLLError(f"the model already has a '{getattr(model, CONFIG_ATTR).method}' adapter")
     for param in model.parameters():
         param.requires_grad_(False)
+    if method.tuner is not None:
+        tuner = method.tuner(model, config)
+        setattr(model, TUNER_ATTR, tuner)
+        setattr(model, CONFIG_ATTR, config)
+        return []
     named = dict(model.named_modules())
-    chosen = [name for name in named if name and _matches(name, config.target_modules)]
+    chosen = target_names(model, config.target_modules)
     if not chosen:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in named.items() if isinstance(m, nn.Linear)})
         raise PolarVBLLError(
@@ -153,24 +254,47 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> list[str]:
             raise PolarVBLLError(f"{name} already has an adapter")
         if not isinstance(module, nn.Linear):
             raise PolarVBLLError(f"target {name} is {type(module).__name__}, not nn.Linear")
-        if config.r > min(module.in_features, module.out_features):
+        r = getattr(config, "r", None)
+        if r is not None and r > min(module.in_features, module.out_features):
             raise PolarVBLLError(
-                f"r={config.r} exceeds min(in, out)={min(module.in_features, module.out_features)} "
+                f"r={r} exceeds min(in, out)={min(module.in_features, module.out_features)} "
                 f"of {name} ({module.in_features} -> {module.out_features})"
             )
-    for name in chosen:
+    plan = method.layer.plan(model, config, chosen, restore, **data)
+    for name, options in plan.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layer_cls(named[name], config))
-    return chosen
+        setattr(parent, child, method.layer(named[name], config, **options))
+    setattr(model, CONFIG_ATTR, config)
+    return list(plan)
+
+
+def adapter_config(model: nn.Module) -> TunerConfig:
+    config = getattr(model, CONFIG_ATTR, None)
+    if config is None:
+        raise PolarVBLLError("the model has no adapter")
+    return config
+
+
+def model_tuner(model: nn.Module) -> ModelTuner | None:
+    return getattr(model, TUNER_ATTR, None)
 
 
 def adapter_layers(model: nn.Module) -> dict[str, AdapterLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLinear)}
 
 
+def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters an optimizer of the adapter must hold (for LISA: every layer it may unfreeze)."""
+    tuner = model_tuner(model)
+    return tuner.parameters() if tuner is not None else [p for p in model.parameters() if p.requires_grad]
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Adapter parameters and buffers only (the frozen base weights are excluded)."""
+    tuner = model_tuner(model)
+    if tuner is not None:
+        return {k: v.detach().contiguous() for k, v in tuner.state_dict().items()}
     state = {}
     for name, layer in adapter_layers(model).items():
         for key, value in layer.state_dict().items():
@@ -179,8 +303,25 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
+    """Load tensors written by :func:`adapter_state_dict` into a model with the same adapter injected."""
+    tuner = model_tuner(model)
+    if tuner is not None:
+        tuner.load_state(state, source)
+        return
+    expected = adapter_state_dict(model)
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise PolarVBLLError(
+            f"{source}: adapter weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for name, layer in adapter_layers(model).items():
+        prefix = name + "."
+        layer.load_adapter_state({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+
 def count_trainable(model: nn.Module) -> tuple[int, int]:
-    """(trainable parameters, all parameters)."""
+    """(trainable parameters, all parameters); for LISA the parameters active now."""
     total = sum(p.numel() for p in model.parameters())
     return sum(p.numel() for p in model.parameters() if p.requires_grad), total
 
@@ -197,17 +338,16 @@ def unmerge_adapters(model: nn.Module) -> None:
 
 def save_adapter(model: nn.Module, folder: str | Path) -> Path:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (adapter weights only), atomically."""
-    layers = adapter_layers(model)
-    if not layers:
+    config = getattr(model, CONFIG_ATTR, None)
+    if config is None:
         raise PolarVBLLError("the model has no adapters to save")
-    config = next(iter(layers.values())).config
     with atomic_directory(folder) as tmp:
         save_file(adapter_state_dict(model), str(tmp / ADAPTER_WEIGHTS_FILE), metadata={"method": config.method})
         (tmp / ADAPTER_CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
     return Path(folder)
 
 
-def load_adapter_config(folder: str | Path) -> AdapterConfig:
+def load_adapter_config(folder: str | Path) -> TunerConfig:
     path = Path(folder) / ADAPTER_CONFIG_FILE
     try:
         options = json.loads(path.read_text(encoding="utf-8"))
@@ -225,18 +365,10 @@ def load_adapter_config(folder: str | Path) -> AdapterConfig:
     return make_config(method, **options)
 
 
-def load_adapter(model: nn.Module, folder: str | Path) -> AdapterConfig:
+def load_adapter(model: nn.Module, folder: str | Path) -> TunerConfig:
     """Inject the saved adapter into a freshly loaded base ``model`` and load its weights (exact round trip)."""
     config = load_adapter_config(folder)
-    inject_adapters(model, config)
-    state = load_file(str(Path(folder) / ADAPTER_WEIGHTS_FILE))
-    expected = adapter_state_dict(model)
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise PolarVBLLError(
-            f"{folder}: adapter weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    for name, layer in adapter_layers(model).items():
-        prefix = name + "."
-        layer.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, strict=False)
+    inject_adapters(model, config, restore=True)
+    path = Path(folder) / ADAPTER_WEIGHTS_FILE
+    load_adapter_state(model, load_file(str(path)), str(path))
     return config

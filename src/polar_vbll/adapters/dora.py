@@ -10,20 +10,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import ADAPTERS, AdapterConfig, AdapterMethod
+from .base import ADAPTERS, AdapterMethod, LowRankConfig
 from .lora import LoraLinear
 
 
 @dataclass
-class DoraConfig(AdapterConfig):
+class DoraConfig(LowRankConfig):
     method = "dora"
 
 
 class DoraLinear(LoraLinear):
     """LoRA factors plus ``magnitude`` (out,), initialized to the row norms of the base weight."""
 
-    def __init__(self, base_layer: nn.Linear, config: AdapterConfig):
-        super().__init__(base_layer, config)
+    def __init__(self, base_layer: nn.Linear, config: LowRankConfig, **init):
+        super().__init__(base_layer, config, **init)
         self.magnitude = nn.Parameter(base_layer.weight.detach().float().norm(dim=1))
 
     def _direction_norm(self) -> torch.Tensor:

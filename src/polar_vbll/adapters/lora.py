@@ -8,19 +8,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import ADAPTERS, AdapterConfig, AdapterLinear, AdapterMethod
+from .base import ADAPTERS, AdapterLinear, AdapterMethod, LowRankConfig
 
 
 @dataclass
-class LoraConfig(AdapterConfig):
+class LoraConfig(LowRankConfig):
     method = "lora"
 
 
 class LoraLinear(AdapterLinear):
     """``lora_A`` (r, in), ``lora_B`` (out, r), in fp32 whatever the base dtype."""
 
-    def __init__(self, base_layer: nn.Linear, config: AdapterConfig):
-        super().__init__(base_layer, config)
+    def __init__(self, base_layer: nn.Linear, config: LowRankConfig, **init):
+        super().__init__(base_layer, config, **init)
         device = base_layer.weight.device
         self.lora_A = nn.Parameter(torch.empty(config.r, self.in_features, device=device))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, config.r, device=device))

@@ -16,13 +16,13 @@ from torch import nn
 
 from ..errors import PolarVBLLError
 from ..fields import help_field as _help
-from .base import ADAPTERS, AdapterConfig, AdapterLinear, AdapterMethod
+from .base import ADAPTERS, AdapterLinear, AdapterMethod, LowRankConfig
 
 STIEFEL = geoopt.Stiefel(canonical=False)  # Euclidean metric, QR retraction on the tall (n, r) factor
 
 
 @dataclass
-class PolarConfig(AdapterConfig):
+class PolarConfig(LowRankConfig):
     method = "polar"
     theta: Literal["full", "diagonal"] = _help("Θ as a full r×r matrix or a diagonal (r values)", "full")
 
@@ -35,8 +35,8 @@ class PolarConfig(AdapterConfig):
 class PolarLinear(AdapterLinear):
     """``polar_X`` (out, r) and ``polar_Y`` (in, r) on Stiefel manifolds; ``polar_theta`` (r, r) or (r,)."""
 
-    def __init__(self, base_layer: nn.Linear, config: PolarConfig):
-        super().__init__(base_layer, config)
+    def __init__(self, base_layer: nn.Linear, config: PolarConfig, **init):
+        super().__init__(base_layer, config, **init)
         device, r = base_layer.weight.device, config.r
         x = torch.empty(self.out_features, r, device=device)
         y = torch.empty(self.in_features, r, device=device)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from ..adapters.base import ADAPTERS
+from ..adapters.base import ADAPTERS, make_config
 from ..errors import PolarVBLLError
 from ..fields import help_field as _help
 from ..uq import UQ_METHODS, VBLLConfig
@@ -21,15 +21,29 @@ class FitConfig:
     model: str = _help("embedded model name, Hugging Face id or local folder", "smollm2-135m")
     task: str = _help("task name (polar-vbll data list) or path to a JSONL file/folder", "sst2")
     template: str | None = _help("prompt template (default: the task's)", None)
-    adapter: str = _help("adapter method: polar, lora, dora", "polar")
+    adapter: str = _help("adapter method: polar, lora, dora, pissa, corda, s2ft, lisa", "polar")
     uq: str = _help("uncertainty method: vbll, map, mle", "vbll")
     optimizer: Literal["geoopt", "landing", "adamw"] | None = _help(
         "adapter optimizer (default: geoopt for polar, adamw otherwise)", None
     )
     r: int = _help("adapter rank", 8)
     alpha: float = _help("adapter scale numerator (ΔW × alpha / r)", 16.0)
-    target_modules: list[str] = _help("Linear modules that get adapters", default_factory=lambda: ["q_proj", "v_proj"])
+    target_modules: list[str] | None = _help(
+        "Linear modules that get adapters (default: the method's; q_proj v_proj for low-rank methods)", None
+    )
     theta: Literal["full", "diagonal"] = _help("PoLAR's Θ: full r×r or diagonal", "full")
+    pissa_niter: int = _help("PiSSA: 0 = full SVD, k > 0 = randomized SVD with k subspace iterations", 0)
+    corda_mode: Literal["ipm", "kpm"] = _help("CorDA: ipm trains the top-r components of W·C, kpm the bottom-r", "ipm")
+    corda_samples: int = _help("CorDA: training examples whose layer inputs form the covariance C", 256)
+    corda_task: str | None = _help("CorDA: task whose inputs form C (default: the training task)", None)
+    s2ft_head_ratio: float = _help("S2FT: fraction of attention heads trained per block", 0.1)
+    s2ft_channel_ratio: float = _help("S2FT: fraction of FFN channels trained per block", 0.01)
+    s2ft_selection: Literal["random", "weight_norm"] = _help(
+        "S2FT: random (seeded) or largest-norm selection", "random"
+    )
+    lisa_layers: int = _help("LISA: decoder layers unfrozen at a time (γ)", 2)
+    lisa_interval: int = _help("LISA: steps between draws of the active layers (K)", 10)
+    lisa_train_embeddings: bool = _help("LISA: always train the input embeddings and final norm", True)
     landing_lambda: float = _help("pull-back weight λ of the landing optimizer", 1.0)
     steps: int = _help("optimizer steps (each consumes one batch)", 200)
     batch_size: int = _help("examples per step", 16)
@@ -66,6 +80,7 @@ class FitConfig:
             raise PolarVBLLError(f"FitConfig.optimizer must be geoopt, landing or adamw, got {self.optimizer!r}")
         if self.adapter == "polar" and self.optimizer == "adamw":
             raise PolarVBLLError("FitConfig.optimizer: polar needs geoopt or landing (adamw ignores the manifold)")
+        make_config(self.adapter, **self.adapter_options())  # validates the adapter's options now
         if self.alternate is None:
             self.alternate = self.uq == "vbll"
         for name in ("steps", "batch_size", "max_length", "eval_batch_size"):
@@ -82,6 +97,18 @@ class FitConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def adapter_options(self) -> dict[str, Any]:
+        """Options of the adapter's config: shared fields (r, alpha, ...) by name, the method's own from
+        ``<method>_<field>``, the seed from ``seed``; unset ``target_modules`` keeps the method's default."""
+        own = {f.name for f in fields(self)}
+        options = {}
+        for f in fields(ADAPTERS.get(self.adapter).config):
+            for source in (f.name, f"{self.adapter}_{f.name}"):
+                if source in own and getattr(self, source) is not None:
+                    options[f.name] = getattr(self, source)
+                    break
+        return options
 
     @classmethod
     def help(cls) -> dict[str, str]:

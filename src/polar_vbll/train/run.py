@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from ..adapters import adapter_state_dict
+from ..adapters import load_adapter_state
 from ..data import TaskSpec, get_task
 from ..data.tasks import _load_file
 from ..errors import PolarVBLLError
@@ -27,13 +27,10 @@ def load_run(run_dir: str | Path) -> FitResult:
         report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise PolarVBLLError(f"{run_dir}: not a finished run ({Path(exc.filename).name} missing)") from None
-    backbone, task, head = build_components(config, load_backbone(config.model))
+    backbone, task, head = build_components(config, load_backbone(config.model), restore=True)
     head_state = load_file(str(run_dir / "head.safetensors"))
     adapter_file = run_dir / "adapter" / "adapter_model.safetensors"
-    adapter = load_file(str(adapter_file))
-    if set(adapter) != set(adapter_state_dict(backbone.model)):
-        raise PolarVBLLError(f"{adapter_file}: adapter weights do not fit the run's model")
-    backbone.model.load_state_dict(adapter, strict=False)
+    load_adapter_state(backbone.model, load_file(str(adapter_file)), str(adapter_file))
     head.load_state_dict(head_state)
     backbone.eval()
     head.eval()

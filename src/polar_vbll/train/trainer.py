@@ -12,6 +12,7 @@ Run folder (``out``):
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import platform
@@ -29,17 +30,24 @@ from tqdm.auto import tqdm
 
 from ..adapters import (
     adapter_diagnostics,
+    adapter_parameters,
     adapter_state_dict,
+    cached_covariances,
+    collect_covariances,
     count_trainable,
     inject_adapters,
+    load_adapter_state,
     make_config,
+    model_tuner,
     save_adapter,
 )
+from ..adapters.base import target_names
 from ..atomic import atomic_directory, atomic_write_json, atomic_write_text
 from ..data import TaskSpec, collate, encode_items, get_task, iter_batches, label_token_ids
 from ..errors import PolarVBLLError
 from ..metrics import classification_metrics, criterion_scores, selective_metrics
 from ..models import Backbone, load_backbone
+from ..models.cache import cache_root
 from ..optim import build_optimizer
 from ..report import write_report
 from ..uq import UQ_METHODS, UQHead, uncertainty_decomposition
@@ -86,8 +94,14 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
     ]
 
 
-def build_components(config: FitConfig, backbone: Backbone | None = None, n_train: int | None = None):
-    """Backbone with the adapter injected, the task, its label ids and the head, as ``config`` says."""
+def build_components(
+    config: FitConfig, backbone: Backbone | None = None, n_train: int | None = None, restore: bool = False
+):
+    """Backbone with the adapter injected, the task, its label ids and the head, as ``config`` says.
+
+    ``restore=True``: the adapter will be loaded from a run, so data-dependent initialization (CorDA's covariances,
+    PiSSA's SVD, S2FT's permutation) is skipped.
+    """
     torch.manual_seed(config.seed)
     backbone = backbone or load_backbone(config.model)
     task = get_task(config.task, config.template)
@@ -96,11 +110,49 @@ def build_components(config: FitConfig, backbone: Backbone | None = None, n_trai
     if n_train is None:
         n_train = len(task.load("train")[: config.train_limit or None])
     head = UQ_METHODS.get(config.uq).build(init_weight, n_train, config=config.vbll)
-    options = {"r": config.r, "alpha": config.alpha, "target_modules": config.target_modules}
-    if config.adapter == "polar":
-        options["theta"] = config.theta
-    inject_adapters(backbone.model, make_config(config.adapter, **options))
+    adapter = make_config(config.adapter, **config.adapter_options())
+    data = {}
+    if config.adapter == "corda" and not restore:
+        data["covariances"] = corda_covariances(backbone, adapter, config)
+    inject_adapters(backbone.model, adapter, restore=restore, **data)
     return backbone, task, head
+
+
+def corda_covariances(backbone: Backbone, adapter, config: FitConfig) -> dict[str, torch.Tensor]:
+    """CorDA's input covariances of the target layers over a seeded sample of the covariance task's training
+    examples (one forward per example), cached in ``$POLAR_VBLL_CACHE/corda/`` by model, task and settings."""
+    task = get_task(adapter.covariance_task or config.task, config.template if not adapter.covariance_task else None)
+    names = target_names(backbone.model, adapter.target_modules)
+    key = {
+        "model": backbone.describe(),
+        "task": task.name,
+        "template": task.template.id,
+        "samples": adapter.samples,
+        "max_length": config.max_length,
+        "seed": config.seed,
+        "targets": names,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def compute():
+        items = task.load("train")
+        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(config.seed))
+        chosen = [items[i] for i in order[: adapter.samples].tolist()]
+        encoded = encode_items(backbone.tokenizer, task, chosen, config.max_length)
+
+        def run():
+            for _, batch in tqdm(
+                iter_batches(encoded, 1, backbone.tokenizer.pad_token_id, task.num_classes),
+                total=len(chosen),
+                desc="CorDA covariances",
+                unit="ex",
+            ):
+                backbone.features(batch["input_ids"], batch["attention_mask"])
+
+        with torch.no_grad():
+            return collect_covariances(backbone.model, names, run)
+
+    return cached_covariances(cache_root() / "corda" / f"{digest}.safetensors", compute)
 
 
 def _clip(params: Iterable[torch.nn.Parameter], max_norm: float) -> float:
@@ -235,7 +287,8 @@ def fit(
             shutil.rmtree(out)
     backbone, task, head = build_components(config, backbone)
     items = task.load("train")[: config.train_limit or None]
-    adapter_params = [p for p in backbone.model.parameters() if p.requires_grad]
+    adapter_params = adapter_parameters(backbone.model)
+    tuner = model_tuner(backbone.model)
     weight_decay = head.adapter_weight_decay if config.weight_decay is None else config.weight_decay
     adapter_opt = build_optimizer(
         adapter_params,
@@ -258,7 +311,6 @@ def fit(
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", config.to_dict())
         (out / "train_log.jsonl").write_text("", encoding="utf-8")
-    trainable, total = count_trainable(backbone.model)
     pad_id = backbone.tokenizer.pad_token_id
     bar = tqdm(
         range(start_step, config.steps), initial=start_step, total=config.steps, desc="fit", disable=not progress
@@ -272,6 +324,8 @@ def fit(
             encode_items(backbone.tokenizer, task, [items[i] for i in idx], config.max_length), pad_id, task.num_classes
         )
         phase = _phase(step, config)
+        if tuner is not None:
+            tuner.on_step(step, adapter_opt)
         factor = schedule(step)
         for optimizer in optimizers:
             for group in optimizer.param_groups:
@@ -316,6 +370,7 @@ def fit(
             callback(step + 1, logs)
     bar.close()
     train_s = time.perf_counter() - train_start
+    trainable, total = count_trainable(backbone.model)
     if config.laplace:
         _laplace(backbone, head, task, items, config)
     save_adapter(backbone.model, out / "adapter")
@@ -393,11 +448,7 @@ def _save_checkpoint(folder: Path, step: int, backbone, head, optimizers, correc
 
 
 def _load_checkpoint(folder: Path, backbone, head, optimizers) -> tuple[int, int, int]:
-    adapter = load_file(str(folder / "adapter.safetensors"))
-    missing = set(adapter_state_dict(backbone.model)) ^ set(adapter)
-    if missing:
-        raise PolarVBLLError(f"{folder}: checkpoint does not fit the configured adapter ({sorted(missing)[:3]})")
-    backbone.model.load_state_dict(adapter, strict=False)
+    load_adapter_state(backbone.model, load_file(str(folder / "adapter.safetensors")), str(folder))
     head.load_state_dict(load_file(str(folder / "head.safetensors")))
     state = load_state(folder, "state")
     for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):

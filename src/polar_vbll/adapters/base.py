@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -91,6 +92,9 @@ class AdapterLinear(nn.Module, abc.ABC):
     a fresh base restores the same base weight.
     """
 
+    #: whether initialization changes the base weight (then several members cannot share one base)
+    alters_base: bool = False
+
     def __init__(self, base_layer: nn.Linear, config: AdapterConfig, **init):
         super().__init__()
         if init:
@@ -152,6 +156,32 @@ class AdapterLinear(nn.Module, abc.ABC):
         return self.delta_weight(), None
 
 
+class AdapterEnsemble(nn.Module):
+    """M adapters of one method on one shared (frozen) base layer; ``active`` picks the member ``forward`` uses."""
+
+    def __init__(self, members: list[AdapterLinear]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.active = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.members[self.active](x)
+
+
+def set_active_member(model: nn.Module, index: int) -> None:
+    """Route every :class:`AdapterEnsemble` of ``model`` through member ``index``."""
+    for module in model.modules():
+        if isinstance(module, AdapterEnsemble):
+            if not 0 <= index < len(module.members):
+                raise PolarVBLLError(f"ensemble member {index} does not exist (M = {len(module.members)})")
+            module.active = index
+
+
+def ensemble_size(model: nn.Module) -> int:
+    """M of the model's adapter ensembles (1 without an ensemble)."""
+    return getattr(model, MEMBERS_ATTR, 1)
+
+
 class ModelTuner(abc.ABC):
     """A method that trains parameters the model already has (LISA) instead of wrapping Linear modules.
 
@@ -198,6 +228,7 @@ class AdapterMethod:
 
 ADAPTERS: Registry[AdapterMethod] = Registry("adapter")
 TUNER_ATTR = "polar_vbll_tuner"
+MEMBERS_ATTR = "polar_vbll_members"
 CONFIG_ATTR = "polar_vbll_adapter_config"
 
 
@@ -222,9 +253,20 @@ def target_names(model: nn.Module, targets: list[str] | str) -> list[str]:
     return [name for name, _ in model.named_modules() if name and _matches(name, targets)]
 
 
-def inject_adapters(model: nn.Module, config: TunerConfig, *, restore: bool = False, **data) -> list[str]:
+def inject_adapters(
+    model: nn.Module,
+    config: TunerConfig,
+    *,
+    restore: bool = False,
+    members: int = 1,
+    member_seeds: list[int] | None = None,
+    **data,
+) -> list[str]:
     """Freeze ``model`` and apply the method: wrap every target ``nn.Linear`` with the method's adapter layer (or
     attach its model tuner); return the names of the adapted modules.
+
+    ``members=M > 1`` gives every target M independent adapters on its one shared base (a deep ensemble without M
+    copies of the model; see :func:`set_active_member`); ``member_seeds`` seeds each member's initialization.
 
     ``restore=True`` skips data-dependent initialization (the adapter will be loaded from a file); ``data`` is
     initialization data some methods need (CorDA: ``covariances``). Raises :class:`PolarVBLLError` for a target
@@ -235,6 +277,12 @@ def inject_adapters(model: nn.Module, config: TunerConfig, *, restore: bool = Fa
         raise PolarVBLLError(f"the model already has a '{getattr(model, CONFIG_ATTR).method}' adapter")
     for param in model.parameters():
         param.requires_grad_(False)
+    if members < 1 or (member_seeds is not None and len(member_seeds) != members):
+        raise PolarVBLLError(f"members must be >= 1 with one seed each, got {members} and {member_seeds}")
+    if members > 1 and (method.tuner is not None or method.layer.alters_base):
+        raise PolarVBLLError(
+            f"an ensemble needs adapters that leave the base weight unchanged; '{config.method}' does not"
+        )
     if method.tuner is not None:
         tuner = method.tuner(model, config)
         setattr(model, TUNER_ATTR, tuner)
@@ -261,11 +309,23 @@ def inject_adapters(model: nn.Module, config: TunerConfig, *, restore: bool = Fa
                 f"of {name} ({module.in_features} -> {module.out_features})"
             )
     plan = method.layer.plan(model, config, chosen, restore, **data)
-    for name, options in plan.items():
+    for index, (name, options) in enumerate(plan.items()):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, method.layer(named[name], config, **options))
+        if members == 1 and member_seeds is None:
+            setattr(parent, child, method.layer(named[name], config, **options))
+            continue
+        layers = []
+        for member in range(members):
+            if member_seeds is None:  # members draw one after another from the global stream
+                layers.append(method.layer(named[name], config, **options))
+                continue
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(member_seeds[member] * 1_000_003 + index)
+                layers.append(method.layer(named[name], config, **options))
+        setattr(parent, child, AdapterEnsemble(layers))
     setattr(model, CONFIG_ATTR, config)
+    setattr(model, MEMBERS_ATTR, members)
     return list(plan)
 
 
@@ -327,6 +387,8 @@ def count_trainable(model: nn.Module) -> tuple[int, int]:
 
 
 def merge_adapters(model: nn.Module) -> None:
+    if ensemble_size(model) > 1:
+        raise PolarVBLLError("the members of an adapter ensemble share one base weight and cannot be merged into it")
     for layer in adapter_layers(model).values():
         layer.merge()
 
@@ -342,7 +404,8 @@ def save_adapter(model: nn.Module, folder: str | Path) -> Path:
     if config is None:
         raise PolarVBLLError("the model has no adapters to save")
     with atomic_directory(folder) as tmp:
-        save_file(adapter_state_dict(model), str(tmp / ADAPTER_WEIGHTS_FILE), metadata={"method": config.method})
+        metadata = {"method": config.method, "members": str(ensemble_size(model))}
+        save_file(adapter_state_dict(model), str(tmp / ADAPTER_WEIGHTS_FILE), metadata=metadata)
         (tmp / ADAPTER_CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
     return Path(folder)
 
@@ -368,7 +431,9 @@ def load_adapter_config(folder: str | Path) -> TunerConfig:
 def load_adapter(model: nn.Module, folder: str | Path) -> TunerConfig:
     """Inject the saved adapter into a freshly loaded base ``model`` and load its weights (exact round trip)."""
     config = load_adapter_config(folder)
-    inject_adapters(model, config, restore=True)
     path = Path(folder) / ADAPTER_WEIGHTS_FILE
+    with safe_open(str(path), "pt") as handle:
+        members = int((handle.metadata() or {}).get("members", 1))
+    inject_adapters(model, config, restore=True, members=members)
     load_adapter_state(model, load_file(str(path)), str(path))
     return config

@@ -25,6 +25,8 @@ from .lora import LoraConfig, LoraLinear
 class ResidualLoraLinear(LoraLinear):
     """``lora_A``/``lora_B`` initialized by :meth:`initial_factors`; ``init_A`` (r, in), ``init_B`` (out, r) buffers."""
 
+    alters_base = True
+
     def __init__(self, base_layer: nn.Linear, config: LowRankConfig, restore: bool = False, **init):
         super().__init__(base_layer, config)
         self.register_buffer("init_A", torch.zeros_like(self.lora_A))

@@ -111,6 +111,8 @@ class S2FTLinear(AdapterLinear):
     """A coupled matrix of an S2FT block: base weight permuted along ``axis`` by the buffer ``s2ft_perm``; a
     trainable ``s2ft_delta`` on the first ``trainable`` rows (out: k×in) or columns (cols: out×k), or none."""
 
+    alters_base = True
+
     def __init__(self, base_layer: nn.Linear, config: S2FTConfig, axis: str, trainable: int, perm=None):
         super().__init__(base_layer, config)
         self.axis = axis

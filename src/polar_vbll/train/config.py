@@ -22,7 +22,7 @@ class FitConfig:
     task: str = _help("task name (polar-vbll data list) or path to a JSONL file/folder", "sst2")
     template: str | None = _help("prompt template (default: the task's)", None)
     adapter: str = _help("adapter method: polar, lora, dora, pissa, corda, s2ft, lisa", "polar")
-    uq: str = _help("uncertainty method: vbll, map, mle", "vbll")
+    uq: str = _help("uncertainty method: vbll, map, mle, mc_dropout, ensemble, laplace, blob, temperature", "vbll")
     optimizer: Literal["geoopt", "landing", "adamw"] | None = _help(
         "adapter optimizer (default: geoopt for polar, adamw otherwise)", None
     )
@@ -64,7 +64,18 @@ class FitConfig:
     checkpoint_every: int = _help("write a resumable checkpoint every K steps (0 = only at the end)", 50)
     log_every: int = _help("compute adapter diagnostics every K steps", 25)
     laplace: bool = _help("after training, refine the VBLL covariance by a last-layer Laplace approximation", False)
-    laplace_samples: int = _help("training examples (seeded random subset) for the Laplace Hessian", 512)
+    laplace_samples: int = _help("training examples (seeded random subset) for a Laplace Hessian (VBLL or LA)", 512)
+    dropout: float | None = _help("adapter input dropout (default: the method's, 0.1 for mc_dropout, else 0)", None)
+    mc_samples: int = _help("backbone passes per prediction of MC dropout", 10)
+    ensemble_size: int = _help("adapters (and heads) of a deep ensemble, on one shared base", 3)
+    blob_samples: int = _help("BLoB: backbone passes per prediction (0 = the posterior mean only)", 10)
+    la_subset: Literal["adapter", "last_layer"] = _help(
+        "Laplace-LoRA: K-FAC over the adapter and head weights, or the head only", "adapter"
+    )
+    temperature_scaling: bool | None = _help(
+        "after training, fit a temperature on held-out training examples (default: on for uq=temperature)", None
+    )
+    calibration_size: int = _help("training examples held out of training for the temperature (when fitted)", 256)
     vbll: VBLLConfig = _help("options of the VBLL head", default_factory=VBLLConfig)
 
     def __post_init__(self):
@@ -73,7 +84,15 @@ class FitConfig:
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
         ADAPTERS.get(self.adapter)
-        UQ_METHODS.get(self.uq)
+        method = UQ_METHODS.get(self.uq)
+        if self.temperature_scaling is None:
+            self.temperature_scaling = method.post_hoc_temperature
+        if self.dropout is None:
+            self.dropout = method.adapter_dropout
+        if self.mc_samples < 1 or self.calibration_size < 1 or self.ensemble_size < 1:
+            raise PolarVBLLError("FitConfig.mc_samples, ensemble_size and calibration_size must be >= 1")
+        if self.blob_samples < 0:
+            raise PolarVBLLError(f"FitConfig.blob_samples must be >= 0, got {self.blob_samples}")
         if self.optimizer is None:
             self.optimizer = "geoopt" if self.adapter == "polar" else "adamw"
         if self.optimizer not in ("geoopt", "landing", "adamw"):
@@ -104,7 +123,7 @@ class FitConfig:
         own = {f.name for f in fields(self)}
         options = {}
         for f in fields(ADAPTERS.get(self.adapter).config):
-            for source in (f.name, f"{self.adapter}_{f.name}"):
+            for source in (f.name, f"{self.adapter}_{f.name}"):  # dropout: set from the uq method when unset
                 if source in own and getattr(self, source) is not None:
                     options[f.name] = getattr(self, source)
                     break

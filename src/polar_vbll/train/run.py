@@ -16,7 +16,7 @@ from ..metrics import ood_metrics
 from ..models import load_backbone
 from ..report import write_report
 from .config import FitConfig
-from .trainer import FitResult, build_components, calibration_plots, evaluate_components
+from .trainer import FitResult, build_components, calibration_plots, evaluate_components, load_head
 
 
 def load_run(run_dir: str | Path) -> FitResult:
@@ -28,10 +28,9 @@ def load_run(run_dir: str | Path) -> FitResult:
     except FileNotFoundError as exc:
         raise PolarVBLLError(f"{run_dir}: not a finished run ({Path(exc.filename).name} missing)") from None
     backbone, task, head = build_components(config, load_backbone(config.model), restore=True)
-    head_state = load_file(str(run_dir / "head.safetensors"))
     adapter_file = run_dir / "adapter" / "adapter_model.safetensors"
     load_adapter_state(backbone.model, load_file(str(adapter_file)), str(adapter_file))
-    head.load_state_dict(head_state)
+    load_head(head, run_dir / "head.safetensors")
     backbone.eval()
     head.eval()
     return FitResult(run_dir, report, config, backbone, head, task)

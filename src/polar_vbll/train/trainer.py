@@ -50,7 +50,7 @@ from ..models import Backbone, load_backbone
 from ..models.cache import cache_root
 from ..optim import build_optimizer
 from ..report import write_report
-from ..uq import UQ_METHODS, UQHead, uncertainty_decomposition
+from ..uq import UQ_METHODS, UQHead, fit_temperature, uncertainty_decomposition
 from .config import FitConfig
 from .state import load_state, save_state
 
@@ -108,14 +108,32 @@ def build_components(
     label_ids = label_token_ids(backbone.tokenizer, task.label_words(), task.name)
     init_weight = backbone.lm_head.weight.detach()[label_ids].clone().float()
     if n_train is None:
-        n_train = len(task.load("train")[: config.train_limit or None])
-    head = UQ_METHODS.get(config.uq).build(init_weight, n_train, config=config.vbll)
+        n_train = len(training_items(task, config)[0])
+    method = UQ_METHODS.get(config.uq)
+    head = method.build(init_weight, n_train, config=config.vbll, fit=config)
     adapter = make_config(config.adapter, **config.adapter_options())
     data = {}
     if config.adapter == "corda" and not restore:
         data["covariances"] = corda_covariances(backbone, adapter, config)
-    inject_adapters(backbone.model, adapter, restore=restore, **data)
+    members = config.ensemble_size if method.ensemble else 1
+    inject_adapters(backbone.model, adapter, restore=restore, members=members, **data)
+    head.attach(backbone)
     return backbone, task, head
+
+
+def training_items(task: TaskSpec, config: FitConfig) -> tuple[list, list]:
+    """(examples to train on, examples held out for the temperature): with temperature scaling, a seeded random
+    ``calibration_size`` of the training split is held out and never trained on."""
+    items = task.load("train")[: config.train_limit or None]
+    if not config.temperature_scaling:
+        return items, []
+    if config.calibration_size >= len(items):
+        raise PolarVBLLError(
+            f"FitConfig.calibration_size={config.calibration_size} leaves no training examples of {len(items)}"
+        )
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(config.seed + 7919)).tolist()
+    held = set(order[: config.calibration_size])
+    return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
 
 
 def corda_covariances(backbone: Backbone, adapter, config: FitConfig) -> dict[str, torch.Tensor]:
@@ -173,9 +191,10 @@ def predict(
     seed: int = 0,
     n_samples: int = 100,
     progress: bool = False,
+    return_logits: bool = False,
 ) -> dict[str, np.ndarray]:
     """Probabilities (N, C), per-example total / aleatoric / epistemic uncertainty and the ID score of every OOD
-    criterion the head supports (``scores``), in data order."""
+    criterion the head supports (``scores``), in data order; with ``return_logits`` the logit samples (N, S, C)."""
     backbone.eval()
     head.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -185,9 +204,10 @@ def predict(
     scores: dict[str, np.ndarray] = {}
     bar = tqdm(total=len(items), desc="evaluating", unit="ex", disable=not progress)
     for idx, batch in iter_batches(encoded, batch_size, backbone.tokenizer.pad_token_id, task.num_classes):
-        features = backbone.features(batch["input_ids"], batch["attention_mask"])
-        out["probs"][idx] = head.predict_probs(features, batch["choice_mask"], generator).double().numpy()
-        logits = head.sample_logits(features, n_samples, batch["choice_mask"], generator)
+        probs, logits = head.predict_batch(backbone, batch, n_samples, generator)
+        out["probs"][idx] = probs.double().numpy()
+        if return_logits:
+            out.setdefault("logits", np.zeros((len(items), *logits.shape[1:])))[idx] = logits.double().numpy()
         for key, value in uncertainty_decomposition(torch.softmax(logits, -1)).items():
             out[key][idx] = value.double().numpy()
         for key, value in criterion_scores(logits, head.stochastic).items():
@@ -244,6 +264,12 @@ def save_head(head: UQHead, path: Path) -> None:
     save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(path))
 
 
+def load_head(head: UQHead, path: Path) -> None:
+    state = load_file(str(path))
+    state.setdefault("temperature", torch.ones(()))  # runs written before temperature scaling existed
+    head.load_state_dict(state)
+
+
 def _phase(step: int, config: FitConfig) -> str:
     if not config.alternate:
         return "joint"
@@ -286,7 +312,7 @@ def fit(
                 )
             shutil.rmtree(out)
     backbone, task, head = build_components(config, backbone)
-    items = task.load("train")[: config.train_limit or None]
+    items, held_out = training_items(task, config)
     adapter_params = adapter_parameters(backbone.model)
     tuner = model_tuner(backbone.model)
     weight_decay = head.adapter_weight_decay if config.weight_decay is None else config.weight_decay
@@ -330,9 +356,7 @@ def fit(
         for optimizer in optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
-        with torch.set_grad_enabled(phase != "head"):
-            features = backbone.features(batch["input_ids"], batch["attention_mask"])
-        loss, terms = head.loss(features, batch["labels"], batch["choice_mask"])
+        loss, terms, point = head.training_loss(backbone, batch, train_backbone=phase != "head")
         adapter_opt.zero_grad(set_to_none=True)
         head_opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -342,8 +366,7 @@ def fit(
         if phase in ("adapter", "joint"):
             _clip(adapter_params, config.grad_clip)
             adapter_opt.step()
-        with torch.no_grad():
-            hits = int((head.point_logits(features.detach(), batch["choice_mask"]).argmax(-1) == batch["labels"]).sum())
+        hits = int((point.argmax(-1) == batch["labels"]).sum())
         correct, seen = correct + hits, seen + len(idx)
         logs = {
             "step": step + 1,
@@ -373,27 +396,51 @@ def fit(
     trainable, total = count_trainable(backbone.model)
     if config.laplace:
         _laplace(backbone, head, task, items, config)
+    posterior = {}
+    if UQ_METHODS.get(config.uq).post_hoc_laplace:
+        posterior = head.post_hoc(backbone, _laplace_batches(backbone, task, items, config), len(items))
+    if config.temperature_scaling:
+        _fit_temperature(backbone, head, task, held_out, config)
     save_adapter(backbone.model, out / "adapter")
     save_head(head, out / "head.safetensors")
     evaluation = evaluate_components(backbone, head, task, config, limit=config.eval_limit, progress=progress)
     report = _run_report(config, backbone, task, evaluation, out, command, trainable, total, train_s, start_step)
+    if config.temperature_scaling:
+        report["calibration"] = {"temperature": float(head.temperature), "held_out": len(held_out)}
+    if posterior:
+        report["posterior"] = posterior
     write_report(report, out, calibration_plots(evaluation))
     return FitResult(out, report, config, backbone, head, task)
+
+
+def _laplace_batches(backbone: Backbone, task: TaskSpec, items, config: FitConfig):
+    """Batches of a seeded random subset (``laplace_samples``) of the training examples."""
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(config.seed))[: config.laplace_samples]
+    encoded = encode_items(backbone.tokenizer, task, [items[i] for i in order.tolist()], config.max_length)
+    pad = backbone.tokenizer.pad_token_id
+    return [batch for _, batch in iter_batches(encoded, config.eval_batch_size, pad, task.num_classes)]
 
 
 @torch.no_grad()
 def _laplace(backbone: Backbone, head: UQHead, task: TaskSpec, items, config: FitConfig) -> None:
     """Post-hoc Laplace refinement of the VBLL head on a seeded subset of the training set."""
     backbone.eval()
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(config.seed))[: config.laplace_samples]
-    subset = [items[i] for i in order.tolist()]
-    encoded = encode_items(backbone.tokenizer, task, subset, config.max_length)
-    features, labels, masks = [], [], []
-    for _, batch in iter_batches(encoded, config.eval_batch_size, backbone.tokenizer.pad_token_id, task.num_classes):
-        features.append(backbone.features(batch["input_ids"], batch["attention_mask"]))
-        labels.append(batch["labels"])
-        masks.append(batch["choice_mask"])
-    head.laplace_(torch.cat(features), torch.cat(labels), torch.cat(masks), n_total=len(items))
+    batches = _laplace_batches(backbone, task, items, config)
+    features = [backbone.features(b["input_ids"], b["attention_mask"]) for b in batches]
+    labels = torch.cat([b["labels"] for b in batches])
+    masks = torch.cat([b["choice_mask"] for b in batches])
+    head.laplace_(torch.cat(features), labels, masks, n_total=len(items))
+
+
+@torch.no_grad()
+def _fit_temperature(backbone: Backbone, head: UQHead, task: TaskSpec, held_out, config: FitConfig) -> None:
+    """Fit the head's temperature on the held-out training examples' logit samples."""
+    head.temperature.fill_(1.0)
+    evaluation = predict(
+        backbone, head, task, held_out, config.eval_batch_size, config.max_length, config.seed, return_logits=True
+    )
+    labels = torch.tensor([item.answer for item in held_out])
+    head.temperature.fill_(fit_temperature(torch.from_numpy(evaluation["logits"]), labels))
 
 
 def _run_report(config, backbone, task, evaluation, out, command, trainable, total, train_s, start_step) -> dict:
@@ -449,7 +496,7 @@ def _save_checkpoint(folder: Path, step: int, backbone, head, optimizers, correc
 
 def _load_checkpoint(folder: Path, backbone, head, optimizers) -> tuple[int, int, int]:
     load_adapter_state(backbone.model, load_file(str(folder / "adapter.safetensors")), str(folder))
-    head.load_state_dict(load_file(str(folder / "head.safetensors")))
+    load_head(head, folder / "head.safetensors")
     state = load_state(folder, "state")
     for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
         optimizer.load_state_dict(saved)

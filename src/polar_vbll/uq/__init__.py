@@ -1,11 +1,21 @@
-"""Uncertainty methods behind one contract (:class:`UQHead`): VBLL, MAP, MLE."""
+"""Uncertainty methods behind one contract (:class:`UQHead`): VBLL, MAP, MLE, MC dropout, deep ensembles,
+BLoB, Laplace-LoRA, temperature scaling."""
 
-from . import point, vbll  # noqa: F401  (registers the methods)
+from . import blob, ensemble, laplace, mc_dropout, point, temperature, vbll  # noqa: F401  (registers the methods)
 from .base import UQ_METHODS, UQHead, UQMethod, uncertainty_decomposition
+from .blob import BlobHead, flipout_noise, kl_to_prior
+from .ensemble import EnsembleHead
+from .laplace import LaplaceHead
+from .mc_dropout import MCDropoutHead
 from .point import PointHead
+from .temperature import fit_temperature
 from .vbll import VBLLConfig, VBLLGuide, VBLLHead, VBLLModel, VBLLOutput
 
 __all__ = [
+    "BlobHead",
+    "EnsembleHead",
+    "LaplaceHead",
+    "MCDropoutHead",
     "PointHead",
     "UQHead",
     "UQMethod",
@@ -15,5 +25,8 @@ __all__ = [
     "VBLLHead",
     "VBLLModel",
     "VBLLOutput",
+    "fit_temperature",
+    "flipout_noise",
+    "kl_to_prior",
     "uncertainty_decomposition",
 ]

@@ -1,12 +1,18 @@
 """The uncertainty-method contract: a head over backbone features with its loss and its logit samples.
 
-``sample_logits(features, n_samples) -> (B, S, C)``: head-only methods (VBLL, MAP, MLE) need one backbone pass
-for all S samples. ``loss(features, labels, choice_mask) -> (loss, logs)`` is what training minimizes.
+``forward_logits(backbone, batch, n_samples) -> (B, S, C)``: the S samples are split into backbone passes × head
+samples, so head-only methods (VBLL, MAP, MLE, temperature scaling) pay one backbone pass while methods that act on
+the adapter (MC dropout, ensembles) pay one per pass. ``training_loss(backbone, batch)`` is what training minimizes.
+A head can hold a temperature T (fitted post hoc on held-out logits): its predictive is then the mean softmax of
+its logit samples divided by T.
 """
 
 from __future__ import annotations
 
 import abc
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +28,54 @@ class UQHead(nn.Module, abc.ABC):
     adapter_weight_decay: float = 0.0
     #: whether its logit samples differ (enables sample-based OOD criteria such as mutual information)
     stochastic: bool = False
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("temperature", torch.ones(()))
+
+    def attach(self, backbone) -> None:  # noqa: B027 (optional hook)
+        """Called once the adapter is injected: methods that act on the adapter (MC dropout, ensembles) hook in."""
+
+    def backbone_passes(self) -> int:
+        """Backbone passes a prediction needs (1 for head-only methods)."""
+        return 1
+
+    @contextmanager
+    def backbone_sample(self, backbone, index: int, generator: torch.Generator | None = None) -> Iterator[None]:
+        """Puts the backbone (and head) in the state of pass ``index`` (a dropout mask, an ensemble member)."""
+        yield
+
+    def training_loss(self, backbone, batch: dict, train_backbone: bool = True):
+        """(loss, terms to log, point logits (B, C) for the running accuracy) of one training batch."""
+        with torch.set_grad_enabled(train_backbone and torch.is_grad_enabled()):
+            features = backbone.features(batch["input_ids"], batch["attention_mask"])
+        loss, terms = self.loss(features, batch["labels"], batch["choice_mask"])
+        with torch.no_grad():
+            point = self.point_logits(features.detach(), batch["choice_mask"])
+        return loss, terms, point
+
+    @torch.no_grad()
+    def predict_batch(
+        self, backbone, batch: dict, n_samples: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predictive p(y | x) (B, C), logit samples (B, S, C)) with S = passes × ⌈n_samples / passes⌉."""
+        passes = self.backbone_passes()
+        per_pass = max(1, math.ceil(n_samples / passes))
+        probs, logits = [], []
+        for index in range(passes):
+            with self.backbone_sample(backbone, index, generator):
+                features = backbone.features(batch["input_ids"], batch["attention_mask"])
+                logits.append(self.sample_logits(features, per_pass, batch["choice_mask"], generator))
+                if self.temperature.item() == 1.0:
+                    probs.append(self.predict_probs(features, batch["choice_mask"], generator))
+        logits = torch.cat(logits, 1)
+        if probs:
+            return torch.stack(probs).mean(0), logits
+        return torch.softmax(logits / self.temperature, -1).mean(1), logits / self.temperature
+
+    def forward_logits(self, backbone, batch: dict, n_samples: int, generator: torch.Generator | None = None):
+        """(B, S, C) logit samples (temperature applied)."""
+        return self.predict_batch(backbone, batch, n_samples, generator)[1]
 
     @abc.abstractmethod
     def loss(
@@ -54,6 +108,14 @@ class UQHead(nn.Module, abc.ABC):
 class UQMethod:
     description: str
     build: object  # callable(init_weight (C, d), n_train, **options) -> UQHead
+    #: fit a temperature on held-out training examples after training (``--uq temperature``)
+    post_hoc_temperature: bool = False
+    #: the adapter input dropout the method implies (MC dropout: 0.1)
+    adapter_dropout: float = 0.0
+    #: whether the adapter is an ensemble of ``FitConfig.ensemble_size`` members
+    ensemble: bool = False
+    #: whether the head fits a posterior after training (``head.post_hoc(backbone, batches, n_total)``)
+    post_hoc_laplace: bool = False
 
 
 UQ_METHODS: Registry[UQMethod] = Registry("uncertainty method")

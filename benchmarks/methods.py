@@ -1,0 +1,204 @@
+"""Fine-tuning methods on one task, each in a fresh process: ACC/ECE/NLL, train-step time, peak memory and
+inference time, as ratios to a reference run of the same grid.
+
+Grids:
+  adapters  every adapter with the MAP head and with the VBLL head (ratios to LoRA with the same head)
+  uq        every uncertainty method on LoRA, plus PoLAR-VBLL (ratios to MAP-LoRA)
+
+Every run uses the same steps, batch, max length, seed and data order. Step time: median wall time of the steps
+after ``--warmup``; inference: median time of ``predict_batch`` (100 logit samples) over 5 evaluation batches of
+32; peak RSS of the whole process (training and evaluation). Finished runs (``<runs>/<row>/bench.json``) are
+reused, so the script resumes. Writes ``benchmarks/results/<grid>_<task>.{json,md}``.
+
+    python benchmarks/methods.py --grid adapters --task sst2 --steps 60 --batch-size 16
+    python benchmarks/methods.py --grid uq --task sst2 --steps 60 --batch-size 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+# Learning rates: the project default 1e-3 for the low-rank adapters; S2FT and LISA change full-size weight blocks,
+# so they get their papers' smaller rates.
+LR = {"lora": 1e-3, "polar": 1e-3, "pissa": 1e-3, "corda": 1e-3, "s2ft": 2e-4, "lisa": 1e-4}
+GRIDS = {  # row name: (adapter, uq); the first row of a grid per head is its reference
+    "adapters": {
+        f"{adapter}-{uq}": (adapter, uq)
+        for adapter in ["lora", "polar", "pissa", "corda", "s2ft", "lisa"]
+        for uq in ["map", "vbll"]
+    },
+    "uq": {
+        "map": ("lora", "map"),
+        "mle": ("lora", "mle"),
+        "mc_dropout": ("lora", "mc_dropout"),
+        "ensemble": ("lora", "ensemble"),
+        "laplace": ("lora", "laplace"),
+        "blob": ("lora", "blob"),
+        "temperature": ("lora", "temperature"),
+        "polar-vbll": ("polar", "vbll"),
+    },
+}
+
+
+def worker(row: str, args) -> dict:
+    import torch
+
+    from polar_vbll.data import encode_items, iter_batches
+    from polar_vbll.train import fit
+
+    adapter, uq = GRIDS[args.grid][row]
+    stamps = []
+    result = fit(
+        out=Path(args.runs) / row,
+        overwrite=True,
+        progress=False,
+        callbacks=[lambda step, logs: stamps.append(time.perf_counter())],
+        model="smollm2-135m",
+        task=args.task,
+        adapter=adapter,
+        uq=uq,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        lr_adapter=LR[adapter],
+        seed=args.seed,
+        checkpoint_every=0,
+        eval_limit=args.eval_limit,
+    )
+    steps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][args.warmup :]
+    backbone, head, task = result.backbone, result.head, result.task
+    items = task.load(task.eval_split)[:160]
+    encoded = encode_items(backbone.tokenizer, task, items, args.max_length)
+    batches = [b for _, b in iter_batches(encoded, 32, backbone.tokenizer.pad_token_id, task.num_classes)]
+    infer = []
+    generator = torch.Generator().manual_seed(0)
+    for batch in [batches[0], *batches]:  # the first is a warm-up
+        start = time.perf_counter()
+        head.predict_batch(backbone, batch, 100, generator)
+        infer.append(time.perf_counter() - start)
+    return {
+        "row": row,
+        "adapter": adapter,
+        "uq": uq,
+        "lr_adapter": LR[adapter],
+        "metrics": result.report["metrics"],
+        "trainable_parameters": result.report["settings"]["trainable_parameters"],
+        "train_s": result.report["timings"]["train_s"],
+        "step_s_median": statistics.median(steps),
+        "infer_s_median": statistics.median(infer[1:]),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "diagnostics": result.report["diagnostics"],
+        "posterior": result.report.get("posterior", {}),
+        "calibration": result.report.get("calibration", {}),
+    }
+
+
+def reference(rows: dict, row: dict, grid: str) -> dict | None:
+    return rows.get(f"lora-{row['uq']}") if grid == "adapters" else rows.get("map")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", choices=list(GRIDS), default="adapters")
+    parser.add_argument("--task", default="sst2")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--eval-limit", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--runs", default=None, help="run folders (default runs/<grid>)")
+    parser.add_argument("--rows", nargs="+", help="only these rows of the grid")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.runs = args.runs or f"runs/{args.grid}"
+    if args.worker:
+        print(json.dumps(worker(args.worker, args)))
+        return
+
+    import torch
+
+    from polar_vbll.atomic import atomic_write_json, atomic_write_text
+
+    flags = [
+        f"--grid={args.grid}",
+        f"--task={args.task}",
+        f"--steps={args.steps}",
+        f"--batch-size={args.batch_size}",
+        f"--max-length={args.max_length}",
+        f"--seed={args.seed}",
+        f"--warmup={args.warmup}",
+        f"--runs={args.runs}",
+    ] + ([f"--eval-limit={args.eval_limit}"] if args.eval_limit else [])
+    rows = {}
+    for row in args.rows or GRIDS[args.grid]:
+        done = Path(args.runs) / row / "bench.json"
+        if done.exists():
+            rows[row] = json.loads(done.read_text())
+            print(f"{row}: reused {done}", flush=True)
+            continue
+        out = subprocess.run([sys.executable, __file__, "--worker", row, *flags], capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"{row} failed:\n{out.stderr[-3000:]}")
+        rows[row] = json.loads(out.stdout.strip().splitlines()[-1])
+        atomic_write_json(done, rows[row])
+        m = rows[row]["metrics"]
+        print(
+            f"{row}: acc {m['cls/acc']:.4f} ece {m['cal/ece']:.4f} nll {m['cls/nll']:.4f} "
+            f"{rows[row]['step_s_median']:.2f} s/step {rows[row]['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
+    for row in rows.values():
+        ref = reference(rows, row, args.grid)
+        for key in ("step_s_median", "infer_s_median", "peak_rss_mb"):
+            ok = ref is not None and key in row and key in ref
+            row[key.replace("_median", "") + "_ratio"] = row[key] / ref[key] if ok else None
+    command = "python benchmarks/methods.py " + " ".join(flags)
+    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}
+    atomic_write_json(RESULTS / f"{args.grid}_{args.task}.json", {"command": command, "machine": machine, "rows": rows})
+    ref_name = "LoRA with the same head" if args.grid == "adapters" else "MAP-LoRA"
+    lines = [
+        f"# {'Adapters × heads' if args.grid == 'adapters' else 'Uncertainty methods'} on {args.task} "
+        "(SmolLM2-135M, CPU)",
+        "",
+        f"{args.steps} steps × batch {args.batch_size}, max length {args.max_length}, seed {args.seed}, same data "
+        "order for every run; head lr 1e-3; evaluation on the task's validation split"
+        + (f" (first {args.eval_limit})" if args.eval_limit else "")
+        + ". Weights: dequantized 4-bit GGUF, fp32 — accuracy is below the original model's. Step time: median "
+        f"after {args.warmup} steps; inference: median `predict_batch` time (batch 32, 100 logit samples); "
+        f"ratios ÷ {ref_name}; peak RSS of the whole fit process. VBLL runs alternate cheap head-only steps with "
+        "adapter steps; ensemble steps train all members.",
+        "",
+        "| run | adapter | head | adapter lr | trainable | ACC | ECE | NLL | s/step | ÷ ref | infer s | ÷ ref | "
+        "peak RSS MB | ÷ ref |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(value, spec):
+        return format(value, spec) if value is not None else "n/a"
+
+    for name, row in rows.items():
+        m = row["metrics"]
+        lines.append(
+            f"| {name} | {row['adapter']} | {row['uq']} | {row['lr_adapter']:g} | {row['trainable_parameters']:,} | "
+            f"{m['cls/acc']:.4f} | {m['cal/ece']:.4f} | {m['cls/nll']:.4f} | {row['step_s_median']:.2f} | "
+            f"{fmt(row['step_s_ratio'], '.3f')} | {fmt(row.get('infer_s_median'), '.3f')} | "
+            f"{fmt(row['infer_s_ratio'], '.2f')} | {row['peak_rss_mb']:.0f} | {fmt(row['peak_rss_ratio'], '.3f')} |"
+        )
+    lines += ["", f"Machine: {machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']}.", ""]
+    lines += [f"Reproduce: `{command}`", ""]
+    atomic_write_text(RESULTS / f"{args.grid}_{args.task}.md", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

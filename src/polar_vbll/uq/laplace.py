@@ -1,0 +1,225 @@
+"""Laplace-LoRA (Yang et al. 2024): a post-hoc Laplace approximation over the adapter weights (and the head).
+
+After MAP training, every linear map with trained weights W (out×in) — LoRA's A and B (also PiSSA/CorDA), PoLAR's
+Θ (X, Y stay point estimates on their manifolds), S2FT's block, and the answer head — gets a Kronecker-factored
+GGN (K-FAC, "expand" over tokens): GGN_W ≈ G ⊗ A with A = Σ a aᵀ / (tokens) over the map's inputs a and
+G = (N / n) Σ g gᵀ over its output gradients g for the C square-root factors of the softmax Hessian,
+v_c = √p_c (e_c − p) (exact GGN, C backward passes per batch), on a seeded subset of n of the N training
+examples. Prior N(0, δ⁻¹ I); δ maximizes the Laplace marginal likelihood
+log Z(δ) = −½ δ ‖θ*‖² + ½ P log δ − ½ Σ log(λ_G λ_A + δ) over a log grid. Predictive: the linearized (GLM)
+model, f ~ N(f*(x), J Σ Jᵀ) with J the Jacobian of the logits (C backward passes per batch), Σ computed in each
+map's Kronecker eigenbasis; p(y | x) = mean softmax of ``n_samples`` draws. ``subset="last_layer"`` uses the head
+only (last-layer Laplace).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from ..errors import PolarVBLLError
+from ..models.backbone import mask_choices
+from .base import UQ_METHODS, UQMethod
+from .point import PointHead
+
+
+def _maps_of(name: str, layer) -> list[tuple[str, callable, torch.Tensor]]:
+    """[(map key, (x, grad_out) -> (a, g), weight)] of one adapter layer: the linear maps with trained weights."""
+    from ..adapters import LoraLinear, PolarLinear, S2FTLinear
+
+    key = name.replace(".", "__")
+    s = layer.scaling
+    if isinstance(layer, LoraLinear) and not hasattr(layer, "magnitude"):
+        a_factor, b_factor = layer.lora_A, layer.lora_B
+        return [
+            (f"{key}__A", lambda x, go: (x, s * go @ b_factor), a_factor),
+            (f"{key}__B", lambda x, go: (x @ a_factor.T, s * go), b_factor),
+        ]
+    if isinstance(layer, PolarLinear):
+        if layer.polar_theta.dim() != 2:
+            raise PolarVBLLError("laplace over PoLAR needs theta='full' (a diagonal Θ is not a linear map here)")
+        return [(f"{key}__theta", lambda x, go: (x @ layer.polar_Y, s * go @ layer.polar_X), layer.polar_theta)]
+    if isinstance(layer, S2FTLinear):
+        if layer.s2ft_delta is None:
+            return []
+        k = layer.s2ft_delta.shape[1 if layer.axis == "cols" else 0]
+        if layer.axis == "cols":
+            return [(f"{key}__delta", lambda x, go: (x[..., :k], go), layer.s2ft_delta)]
+        return [(f"{key}__delta", lambda x, go: (x, go[..., :k]), layer.s2ft_delta)]
+    raise PolarVBLLError(f"laplace works on LoRA-type, PoLAR and S2FT adapters, not {type(layer).__name__}")
+
+
+class LaplaceHead(PointHead):
+    """A MAP head plus, after :meth:`post_hoc`, a K-FAC Laplace posterior over the adapter (and head) weights."""
+
+    stochastic = True
+
+    def __init__(self, init_weight: torch.Tensor, subset: str = "adapter", n_samples: int = 1000):
+        super().__init__(init_weight, 1e-5)
+        if subset not in ("adapter", "last_layer"):
+            raise PolarVBLLError(f"laplace: subset must be 'adapter' or 'last_layer', got {subset!r}")
+        self.subset, self.n_samples = subset, n_samples
+        self.register_buffer("prior_precision", torch.zeros(()))
+        self._maps: dict[str, tuple] = {}
+        self._captured: dict[str, tuple] = {}
+        self._capturing = False
+        self._add_map("head", lambda x, go: (x, go), self.linear.weight)
+
+    def _add_map(self, key: str, extract, weight: torch.Tensor) -> None:
+        out, inp = weight.shape
+        for suffix, size in (("eig_a", inp), ("eig_g", out)):
+            self.register_buffer(f"{key}__{suffix}", torch.zeros(size))
+            self.register_buffer(f"{key}__{suffix}_vec", torch.zeros(size, size))
+        self._maps[key] = (extract, weight)
+
+    def attach(self, backbone) -> None:
+        if self.subset == "last_layer":
+            return
+        from ..adapters import adapter_layers
+
+        layers = adapter_layers(backbone.model)
+        if not layers:
+            raise PolarVBLLError("laplace with subset 'adapter' needs an adapter that wraps Linear layers (not lisa)")
+        for name, layer in layers.items():
+            maps = _maps_of(name, layer)
+            for key, extract, weight in maps:
+                self._add_map(key, extract, weight)
+            if maps:  # S2FT's coupled partners without a trained block have none
+                layer.register_forward_hook(self._capture_hook(name))
+
+    def _capture_hook(self, name: str):
+        def hook(module, args, output):
+            if self._capturing:
+                self._captured[name] = (args[0], output)
+
+        return hook
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.prior_precision > 0)
+
+    def _map_inputs_and_grads(self, features, logits_fn, vectors: list[torch.Tensor], mask):
+        """For each output vector v (B, C): {map: (a (B, T, in), g (B, T, out))} of the gradient of Σ v·logits."""
+        logits = logits_fn(features)
+        names = list(self._captured)
+        outputs = [self._captured[n][1] for n in names] + [features]
+        results = []
+        for v in vectors:
+            grads = torch.autograd.grad((logits * v).sum(), outputs, retain_graph=True, allow_unused=True)
+            per_map = {"head": (features[:, None], v[:, None])}
+            for name, grad in zip(names, grads[:-1], strict=True):
+                x = self._captured[name][0]
+                grad = torch.zeros_like(self._captured[name][1]) if grad is None else grad
+                prefix = name.replace(".", "__") + "__"
+                for key, (extract, _) in self._maps.items():
+                    if key.startswith(prefix):
+                        a, g = extract(x, grad)
+                        per_map[key] = (a * mask[..., None], g)
+            results.append(per_map)
+        return logits, results
+
+    def _forward_capture(self, backbone, batch):
+        self._captured.clear()
+        self._capturing = self.subset == "adapter"
+        try:
+            with torch.enable_grad():
+                features = backbone.features(batch["input_ids"], batch["attention_mask"])
+                if self.subset == "last_layer":
+                    features = features.detach().requires_grad_(True)
+        finally:
+            self._capturing = False
+        return features
+
+    def post_hoc(self, backbone, batches: Iterable[dict], n_total: int) -> dict:
+        """Fit the K-FAC factors on ``batches`` (examples standing for ``n_total``) and the prior precision."""
+        backbone.eval()
+        sums_a = {k: 0.0 for k in self._maps}
+        sums_g = {k: 0.0 for k in self._maps}
+        tokens = {k: 0.0 for k in self._maps}
+        seen = 0
+        for batch in batches:
+            mask = batch["attention_mask"].float()
+            features = self._forward_capture(backbone, batch)
+            with torch.enable_grad():
+                with torch.no_grad():
+                    probs = torch.softmax(self.logits(features, batch["choice_mask"]), -1)
+                eye = torch.eye(probs.shape[1])
+                vectors = [probs[:, c, None].sqrt() * (eye[c] - probs) for c in range(probs.shape[1])]
+                vectors = [torch.nan_to_num(v) for v in vectors]
+                _, results = self._map_inputs_and_grads(features, lambda f: self.linear(f.float()), vectors, mask)
+            for per_map in results:
+                for key, (_, g) in per_map.items():
+                    g = g.detach().reshape(-1, g.shape[-1])
+                    sums_g[key] = sums_g[key] + g.T @ g
+            for key, (a, _) in results[0].items():
+                a = a.detach().reshape(-1, a.shape[-1])
+                sums_a[key] = sums_a[key] + a.T @ a
+                tokens[key] += float(mask.sum()) if a.shape[0] == mask.numel() else a.shape[0]
+            seen += batch["input_ids"].shape[0]
+        if seen == 0:
+            raise PolarVBLLError("laplace: no examples to fit the posterior on")
+        norm2, count, pairs = 0.0, 0, []
+        with torch.no_grad():
+            for key, (_, weight) in self._maps.items():
+                la, qa = torch.linalg.eigh((sums_a[key] / max(tokens[key], 1.0)).double())
+                lg, qg = torch.linalg.eigh((sums_g[key] * (n_total / seen)).double())
+                la, lg = la.clamp_min(0), lg.clamp_min(0)
+                for suffix, value in (("eig_a", la), ("eig_a_vec", qa), ("eig_g", lg), ("eig_g_vec", qg)):
+                    getattr(self, f"{key}__{suffix}").copy_(value.float())
+                pairs.append(torch.outer(lg, la).flatten())
+                norm2 += float(weight.detach().double().pow(2).sum())
+                count += weight.numel()
+            eig = torch.cat(pairs)
+            grid = torch.logspace(-4, 6, 201, dtype=torch.float64)
+            log_z = torch.stack([-0.5 * d * norm2 + 0.5 * count * d.log() - 0.5 * (eig + d).log().sum() for d in grid])
+            best = grid[int(log_z.argmax())]
+            self.prior_precision.fill_(float(best))
+        return {"prior_precision": float(best), "parameters": count, "examples": seen}
+
+    def logit_covariance(self, backbone, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f* (B, C), Σ_f = J Σ Jᵀ (B, C, C)) of the linearized model."""
+        if not self.fitted:
+            raise PolarVBLLError("laplace: the posterior is not fitted (run post_hoc after training)")
+        mask = batch["attention_mask"].float()
+        features = self._forward_capture(backbone, batch)
+        with torch.enable_grad():
+            num_classes = self.linear.weight.shape[0]
+            vectors = [torch.eye(num_classes)[c].expand(features.shape[0], -1) for c in range(num_classes)]
+            logits, results = self._map_inputs_and_grads(features, lambda f: self.linear(f.float()), vectors, mask)
+        delta = float(self.prior_precision)
+        cov = torch.zeros(features.shape[0], num_classes, num_classes, dtype=torch.float64)
+        with torch.no_grad():
+            for key in self._maps:
+                qa, qg = getattr(self, f"{key}__eig_a_vec").double(), getattr(self, f"{key}__eig_g_vec").double()
+                denom = torch.outer(getattr(self, f"{key}__eig_g"), getattr(self, f"{key}__eig_a")).double() + delta
+                # per-example Jacobian of logit c w.r.t. W: Σ_t g_t a_tᵀ, rotated into the eigenbasis
+                rotated = torch.stack(
+                    [qg.T @ torch.einsum("bto,bti->boi", r[key][1].double(), r[key][0].double()) @ qa for r in results],
+                    1,
+                )  # (B, C, out, in)
+                cov += torch.einsum("bcoi,bdoi->bcd", rotated, rotated / denom)
+        return logits.detach(), cov
+
+    @torch.no_grad()
+    def predict_batch(self, backbone, batch, n_samples, generator=None):
+        if not self.fitted:  # before post_hoc (e.g. evaluation during training): the MAP head
+            return super().predict_batch(backbone, batch, n_samples, generator)
+        mean, cov = self.logit_covariance(backbone, batch)
+        chol = torch.linalg.cholesky(cov + 1e-9 * torch.eye(cov.shape[-1], dtype=cov.dtype))
+        draws = max(n_samples, self.n_samples)
+        eps = torch.randn(mean.shape[0], draws, mean.shape[1], generator=generator, dtype=torch.float64)
+        samples = (mean.double()[:, None] + eps @ chol.transpose(1, 2)).float()
+        samples = mask_choices(samples, None if batch["choice_mask"] is None else batch["choice_mask"][:, None])
+        probs = torch.softmax(samples / self.temperature, -1).mean(1)
+        return probs, samples[:, :n_samples] / self.temperature
+
+
+UQ_METHODS.register(
+    "laplace",
+    UQMethod(
+        "Laplace-LoRA: MAP, then a K-FAC Laplace posterior over the adapter and head weights, GLM predictive",
+        lambda init_weight, n_train, fit=None, **_: LaplaceHead(init_weight, fit.la_subset if fit else "adapter"),
+        post_hoc_laplace=True,
+    ),
+)

@@ -58,12 +58,14 @@ def test_resume_is_exact(adapter, tiny_dir, task_dir, tmp_path):  # noqa: F811
 
 def test_adapter_options_reach_the_adapter_and_are_validated():
     assert FitConfig(adapter="s2ft").adapter_options() == {
+        "dropout": 0.0,
         "head_ratio": 0.1,
         "channel_ratio": 0.01,
         "selection": "random",
         "seed": 0,
     }
     assert FitConfig(adapter="pissa", r=4, target_modules=["q_proj"]).adapter_options()["target_modules"] == ["q_proj"]
+    assert FitConfig(adapter="lora", uq="mc_dropout").adapter_options()["dropout"] == 0.1
     with pytest.raises(PolarVBLLError, match=r"head_ratio must lie in \(0, 1\]"):
         FitConfig(adapter="s2ft", s2ft_head_ratio=0.0)
     with pytest.raises(PolarVBLLError, match="mode must be 'ipm' or 'kpm'"):

@@ -160,9 +160,13 @@ def main() -> None:
         )
     for row in rows.values():
         ref = reference(rows, row, args.grid)
-        for key in ("step_s_median", "infer_s_median", "peak_rss_mb"):
+        for key, ratio in (
+            ("step_s_median", "step_ratio"),
+            ("infer_s_median", "infer_ratio"),
+            ("peak_rss_mb", "rss_ratio"),
+        ):
             ok = ref is not None and key in row and key in ref
-            row[key.replace("_median", "") + "_ratio"] = row[key] / ref[key] if ok else None
+            row[ratio] = row[key] / ref[key] if ok else None
     command = "python benchmarks/methods.py " + " ".join(flags)
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}
     atomic_write_json(RESULTS / f"{args.grid}_{args.task}.json", {"command": command, "machine": machine, "rows": rows})
@@ -192,8 +196,8 @@ def main() -> None:
         lines.append(
             f"| {name} | {row['adapter']} | {row['uq']} | {row['lr_adapter']:g} | {row['trainable_parameters']:,} | "
             f"{m['cls/acc']:.4f} | {m['cal/ece']:.4f} | {m['cls/nll']:.4f} | {row['step_s_median']:.2f} | "
-            f"{fmt(row['step_s_ratio'], '.3f')} | {fmt(row.get('infer_s_median'), '.3f')} | "
-            f"{fmt(row['infer_s_ratio'], '.2f')} | {row['peak_rss_mb']:.0f} | {fmt(row['peak_rss_ratio'], '.3f')} |"
+            f"{fmt(row['step_ratio'], '.3f')} | {fmt(row.get('infer_s_median'), '.3f')} | "
+            f"{fmt(row['infer_ratio'], '.2f')} | {row['peak_rss_mb']:.0f} | {fmt(row['rss_ratio'], '.3f')} |"
         )
     lines += ["", f"Machine: {machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']}.", ""]
     lines += [f"Reproduce: `{command}`", ""]

@@ -155,3 +155,19 @@ def test_bad_uq_adapter_combinations(tiny_dir, task_dir, tmp_path):  # noqa: F81
         fit(config(tiny_dir, task_dir, adapter="lisa", uq="mc_dropout", steps=1), tmp_path / "b", progress=False)
     with pytest.raises(PolarVBLLError, match="calibration_size=100 leaves no training examples of 24"):
         fit(config(tiny_dir, task_dir, uq="temperature", calibration_size=100), tmp_path / "c", progress=False)
+
+
+def test_corda_covariances_are_cached_and_reused(tiny_dir, task_dir, tmp_path, monkeypatch):  # noqa: F811
+    import polar_vbll.train.trainer as trainer
+
+    options = {"adapter": "corda", "uq": "map", "steps": 1, **OPTIONS["corda"]}
+    first = fit(config(tiny_dir, task_dir, **options), tmp_path / "a", progress=False)
+
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("covariances were recomputed instead of read from the cache")
+
+    monkeypatch.setattr(trainer, "collect_covariances", no_recompute)
+    second = fit(config(tiny_dir, task_dir, **options), tmp_path / "b", progress=False)
+    assert second.report["metrics"] == first.report["metrics"]
+    with pytest.raises(AssertionError, match="recomputed"):  # other settings, another cache entry
+        fit(config(tiny_dir, task_dir, **{**options, "corda_samples": 4}), tmp_path / "c", progress=False)

@@ -65,9 +65,9 @@ class UQHead(nn.Module, abc.ABC):
         for index in range(passes):
             with self.backbone_sample(backbone, index, generator):
                 features = backbone.features(batch["input_ids"], batch["attention_mask"])
-                logits.append(self.sample_logits(features, per_pass, batch["choice_mask"], generator))
-                if self.temperature.item() == 1.0:
+                if self.temperature.item() == 1.0:  # (the predictive draws first: runs stay reproducible)
                     probs.append(self.predict_probs(features, batch["choice_mask"], generator))
+                logits.append(self.sample_logits(features, per_pass, batch["choice_mask"], generator))
         logits = torch.cat(logits, 1)
         if probs:
             return torch.stack(probs).mean(0), logits

@@ -39,7 +39,7 @@ def run_samples(model, n=6):
 
 def covariances_for(model):
     names = [n for n, m in model.named_modules() if n.endswith(tuple(TARGETS))]
-    return collect_covariances(model, names, run_samples(model), progress=False)
+    return collect_covariances(model, names, run_samples(model))
 
 
 def peft_factors(peft_model):

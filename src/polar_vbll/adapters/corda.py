@@ -91,12 +91,10 @@ class CordaLinear(ResidualLoraLinear):
 def collect_covariances(
     model: nn.Module,
     names: list[str],
-    run_model: Callable[[], int],
-    progress: bool = True,
+    run_model: Callable[[], object],
 ) -> dict[str, torch.Tensor]:
     """Input covariances (in, in) of the Linear modules ``names``, averaged over the forward calls ``run_model``
-    makes (one sample per call; each sample's inputs scaled by their largest |value|). ``run_model`` returns the
-    number of calls it made."""
+    makes (one sample per call; each sample's inputs scaled by their largest |value|)."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 

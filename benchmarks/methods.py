@@ -20,14 +20,14 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, inference_times, peak_rss_mb, timed_fit  # noqa: E402
+
 # Learning rates: the project default 1e-3 for the low-rank adapters; S2FT and LISA change full-size weight blocks,
 # so they get their papers' smaller rates.
 LR = {"lora": 1e-3, "polar": 1e-3, "pissa": 1e-3, "corda": 1e-3, "s2ft": 2e-4, "lisa": 1e-4}
@@ -51,18 +51,10 @@ GRIDS = {  # row name: (adapter, uq); the first row of a grid per head is its re
 
 
 def worker(row: str, args) -> dict:
-    import torch
-
-    from polar_vbll.data import encode_items, iter_batches
-    from polar_vbll.train import fit
-
     adapter, uq = GRIDS[args.grid][row]
-    stamps = []
-    result = fit(
+    result, steps = timed_fit(
         out=Path(args.runs) / row,
         overwrite=True,
-        progress=False,
-        callbacks=[lambda step, logs: stamps.append(time.perf_counter())],
         model="smollm2-135m",
         task=args.task,
         adapter=adapter,
@@ -75,17 +67,6 @@ def worker(row: str, args) -> dict:
         checkpoint_every=0,
         eval_limit=args.eval_limit,
     )
-    steps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][args.warmup :]
-    backbone, head, task = result.backbone, result.head, result.task
-    items = task.load(task.eval_split)[:160]
-    encoded = encode_items(backbone.tokenizer, task, items, args.max_length)
-    batches = [b for _, b in iter_batches(encoded, 32, backbone.tokenizer.pad_token_id, task.num_classes)]
-    infer = []
-    generator = torch.Generator().manual_seed(0)
-    for batch in [batches[0], *batches]:  # the first is a warm-up
-        start = time.perf_counter()
-        head.predict_batch(backbone, batch, 100, generator)
-        infer.append(time.perf_counter() - start)
     return {
         "row": row,
         "adapter": adapter,
@@ -94,9 +75,9 @@ def worker(row: str, args) -> dict:
         "metrics": result.report["metrics"],
         "trainable_parameters": result.report["settings"]["trainable_parameters"],
         "train_s": result.report["timings"]["train_s"],
-        "step_s_median": statistics.median(steps),
-        "infer_s_median": statistics.median(infer[1:]),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "step_s_median": statistics.median(steps[args.warmup :]),
+        "infer_s_median": statistics.median(inference_times(result, 5)),
+        "peak_rss_mb": peak_rss_mb(),
         "diagnostics": result.report["diagnostics"],
         "posterior": result.report.get("posterior", {}),
         "calibration": result.report.get("calibration", {}),

@@ -6,7 +6,7 @@ PoLAR adapters feed a variational Bayesian last layer; calibration and OOD metri
 from .data import get_task, list_tasks
 from .evaluation import EvalResult, evaluate
 from .models import load_backbone, prepare_embedded
-from .train import FitConfig, FitResult, evaluate_run, fit, load_run
+from .train import FitConfig, FitResult, evaluate_run, fit, load_run, refine
 
 __all__ = [
     "EvalResult",
@@ -20,4 +20,5 @@ __all__ = [
     "load_backbone",
     "load_run",
     "prepare_embedded",
+    "refine",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``polar-vbll data | models | fit | evaluate | report | export-lora``."""
+"""Command line: ``polar-vbll data | models | fit | refine | evaluate | report | export-lora``."""
 
 from __future__ import annotations
 
@@ -178,6 +178,29 @@ def cmd_export_lora(args: argparse.Namespace) -> None:
     print(f"plain LoRA adapter (rank 2r, for the original weights): {folder}")
 
 
+def cmd_refine(args: argparse.Namespace) -> None:
+    from .train import refine
+
+    options = {k: getattr(args, k) for k in ("laplace_samples", "la_subset") if getattr(args, k) is not None}
+    result = refine(
+        args.run_dir,
+        args.out,
+        temperature_scaling=args.temperature_scaling,
+        laplace=args.laplace,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        command=shlex.join(["polar-vbll", *args.argv]),
+        **options,
+    )
+    report = result.report
+    _print_metrics(
+        f"{report['task']} / {report['split']}: {report['n']} examples, {result.config.adapter}-{result.config.uq}"
+        f" refined from {args.run_dir}",
+        report["metrics"],
+    )
+    print(f"run folder: {result.out}")
+
+
 # FitConfig fields whose default is None: the type their flag parses
 _NONE_DEFAULT_TYPES = {
     "template": str,
@@ -189,7 +212,7 @@ _NONE_DEFAULT_TYPES = {
     "corda_task": str,
     "dropout": float,
 }
-_NONE_DEFAULT_BOOLS = ("alternate", "temperature_scaling")
+_NONE_DEFAULT_BOOLS = ("alternate", "temperature_scaling", "calibration_holdout")
 
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str = "", skip: tuple = ()) -> None:
@@ -283,6 +306,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run or report folders (each holds report.json)")
     p.add_argument("--out", help="folder for comparison.md")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "refine",
+        help="add a post-hoc method to a finished run without retraining (Laplace, temperature scaling)",
+        description="Write a new run folder: MAP → Laplace-LoRA (--laplace) or temperature scaling; VBLL → + "
+        "last-layer Laplace and/or a temperature. Equals `fit` of that method on the same data.",
+    )
+    p.add_argument("run_dir", help="a finished run folder written by `fit`")
+    p.add_argument("--out", required=True, help="folder for the refined run")
+    p.add_argument("--laplace", action="store_true", help="fit a Laplace posterior (map: Laplace-LoRA; vbll: LLLA)")
+    p.add_argument(
+        "--temperature-scaling",
+        action="store_true",
+        help="fit a temperature on the run's held-out examples (needs a run trained with --calibration-holdout)",
+    )
+    p.add_argument("--laplace-samples", type=int, help="training examples for the Laplace Hessian (default: run's)")
+    p.add_argument("--la-subset", choices=["adapter", "last_layer"], help="Laplace-LoRA weights (default: run's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_refine)
 
     p = sub.add_parser(
         "export-lora", help="convert a run's PiSSA/CorDA adapter into a plain LoRA adapter for the original weights"

@@ -137,11 +137,12 @@ class Backbone(nn.Module):
         return out.last_hidden_state
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """φ(x): hidden state of the last non-pad token of each row (B, d), for left or right padding."""
+        """φ(x): hidden state of the last non-pad token of each row (B, d) in fp32 whatever the model's dtype, for
+        left or right padding."""
         hidden = self.hidden_states(input_ids, attention_mask)
         positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         last = (attention_mask.bool() * positions).argmax(-1)  # index of the last 1 in each row
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
 
     def answer_head(self, label_ids: Sequence[int]) -> AnswerHead:
         """An untied copy of the LM-head rows of ``label_ids``: logits equal the full model's at those tokens."""

@@ -76,6 +76,11 @@ class FitConfig:
         "after training, fit a temperature on held-out training examples (default: on for uq=temperature)", None
     )
     calibration_size: int = _help("training examples held out of training for the temperature (when fitted)", 256)
+    calibration_holdout: bool | None = _help(
+        "hold calibration_size training examples out of training (default: with temperature scaling); set it on "
+        "every run of a comparison so all train on the same data and any run can be refined by a temperature later",
+        None,
+    )
     vbll: VBLLConfig = _help("options of the VBLL head", default_factory=VBLLConfig)
 
     def __post_init__(self):
@@ -87,6 +92,10 @@ class FitConfig:
         method = UQ_METHODS.get(self.uq)
         if self.temperature_scaling is None:
             self.temperature_scaling = method.post_hoc_temperature
+        if self.calibration_holdout is None:
+            self.calibration_holdout = self.temperature_scaling
+        if self.temperature_scaling and not self.calibration_holdout:
+            raise PolarVBLLError("FitConfig.temperature_scaling needs calibration_holdout (held-out examples for T)")
         if self.dropout is None:
             self.dropout = method.adapter_dropout
         if self.mc_samples < 1 or self.calibration_size < 1 or self.ensemble_size < 1:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 from safetensors.torch import load_file
 
 from ..adapters import load_adapter_state
+from ..atomic import atomic_write_json
 from ..data import TaskSpec, get_task
 from ..data.tasks import _load_file
 from ..errors import PolarVBLLError
@@ -16,24 +18,119 @@ from ..metrics import ood_metrics
 from ..models import load_backbone
 from ..report import write_report
 from .config import FitConfig
-from .trainer import FitResult, build_components, calibration_plots, evaluate_components, load_head
+from .trainer import (
+    FitResult,
+    build_components,
+    calibration_plots,
+    evaluate_components,
+    finish_run,
+    load_head,
+    training_items,
+)
 
 
-def load_run(run_dir: str | Path) -> FitResult:
-    """Backbone with the trained adapter, the trained head and the task of a run folder (written by ``fit``)."""
-    run_dir = Path(run_dir)
+def _read_run(run_dir: Path) -> tuple[FitConfig, dict]:
     try:
         config = FitConfig(**json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
         report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise PolarVBLLError(f"{run_dir}: not a finished run ({Path(exc.filename).name} missing)") from None
-    backbone, task, head = build_components(config, load_backbone(config.model), restore=True)
+    return config, report
+
+
+def load_run(run_dir: str | Path, config: FitConfig | None = None) -> FitResult:
+    """Backbone with the trained adapter, the trained head and the task of a run folder (written by ``fit``).
+
+    ``config``: build the head of this config instead of the run's (``refine``: a posterior still to be fitted).
+    """
+    run_dir = Path(run_dir)
+    saved, report = _read_run(run_dir)
+    backbone, task, head = build_components(config or saved, load_backbone(saved.model), restore=True)
     adapter_file = run_dir / "adapter" / "adapter_model.safetensors"
     load_adapter_state(backbone.model, load_file(str(adapter_file)), str(adapter_file))
-    load_head(head, run_dir / "head.safetensors")
+    load_head(head, run_dir / "head.safetensors", refit=config is not None)
     backbone.eval()
     head.eval()
-    return FitResult(run_dir, report, config, backbone, head, task)
+    return FitResult(run_dir, report, config or saved, backbone, head, task)
+
+
+def refined_config(config: FitConfig, temperature_scaling: bool = False, laplace: bool = False, **options):
+    """The config that ``fit`` would train into the same weights as ``config``, plus the post-hoc steps asked for:
+    ``laplace`` turns MAP into Laplace-LoRA (``--uq laplace``) and adds a last-layer Laplace to VBLL;
+    ``temperature_scaling`` fits T on the run's held-out examples. ``options``: ``laplace_samples``, ``la_subset``.
+    """
+    if not (temperature_scaling or laplace):
+        raise PolarVBLLError("refine: ask for temperature_scaling and/or laplace")
+    unknown = set(options) - {"laplace_samples", "la_subset"}
+    if unknown:
+        raise PolarVBLLError(f"refine: unknown option(s) {sorted(unknown)} (laplace_samples, la_subset)")
+    changes: dict = dict(options)
+    if laplace:
+        if config.uq == "map":
+            changes["uq"] = "laplace"
+        elif config.uq == "vbll" and not config.laplace:
+            changes["laplace"] = True
+        else:
+            raise PolarVBLLError(f"refine: a Laplace refinement needs a map or vbll run, this one is {config.uq!r}")
+    if temperature_scaling:
+        if config.temperature_scaling:
+            raise PolarVBLLError("refine: the run already has a fitted temperature")
+        if not config.calibration_holdout:
+            raise PolarVBLLError(
+                "refine: the run trained on every training example, so none is left to fit a temperature on "
+                "(train with --calibration-holdout)"
+            )
+        changes["temperature_scaling"] = True
+        if config.uq == "map" and not laplace:
+            changes["uq"] = "temperature"
+    return FitConfig(**{**config.to_dict(), **changes})
+
+
+def refine(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    temperature_scaling: bool = False,
+    laplace: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+    **options,
+) -> FitResult:
+    """A post-hoc method on a finished run, without retraining, written as a new run folder ``out``.
+
+    The result equals ``fit`` of :func:`refined_config` (same weights, same post-hoc steps): MAP → Laplace-LoRA or
+    temperature scaling, VBLL → + last-layer Laplace and/or a temperature.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    saved, source_report = _read_run(run_dir)
+    config = refined_config(saved, temperature_scaling, laplace, **options)
+    if out.resolve() == run_dir.resolve():
+        raise PolarVBLLError(f"refine: --out must differ from the run folder {run_dir}")
+    if (out / "config.json").exists():
+        if not overwrite:
+            raise PolarVBLLError(f"{out} already holds a run; --overwrite it or choose another --out")
+        shutil.rmtree(out)
+    run = load_run(run_dir, config)
+    items, held_out = training_items(run.task, config)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", config.to_dict())
+    shutil.copyfile(run_dir / "train_log.jsonl", out / "train_log.jsonl")
+    flags = ["--temperature-scaling"] * temperature_scaling + ["--laplace"] * laplace
+    command = command or " ".join(["polar-vbll refine", str(run_dir), "--out", str(out), *flags])
+    return finish_run(
+        config,
+        run.backbone,
+        run.head,
+        run.task,
+        items,
+        held_out,
+        out,
+        train_s=source_report["timings"]["train_s"],
+        command=command,
+        progress=progress,
+        extra={"refined_from": str(run_dir)},
+    )
 
 
 def _restrict(task: TaskSpec, num_classes: int, split: str | None, limit: int | None):

@@ -122,18 +122,23 @@ def build_components(
 
 
 def training_items(task: TaskSpec, config: FitConfig) -> tuple[list, list]:
-    """(examples to train on, examples held out for the temperature): with temperature scaling, a seeded random
-    ``calibration_size`` of the training split is held out and never trained on."""
-    items = task.load("train")[: config.train_limit or None]
-    if not config.temperature_scaling:
-        return items, []
-    if config.calibration_size >= len(items):
-        raise PolarVBLLError(
-            f"FitConfig.calibration_size={config.calibration_size} leaves no training examples of {len(items)}"
-        )
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(config.seed + 7919)).tolist()
-    held = set(order[: config.calibration_size])
-    return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
+    """(examples to train on, examples held out for the temperature).
+
+    With ``calibration_holdout`` a seeded random ``calibration_size`` of the training split is held out first and
+    never trained on; ``train_limit`` then keeps the first N of the rest.
+    """
+    items = task.load("train")
+    held_out: list = []
+    if config.calibration_holdout:
+        if config.calibration_size >= len(items):
+            raise PolarVBLLError(
+                f"FitConfig.calibration_size={config.calibration_size} leaves no training examples of {len(items)}"
+            )
+        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(config.seed + 7919)).tolist()
+        held = set(order[: config.calibration_size])
+        held_out = [items[i] for i in sorted(held)]
+        items = [x for i, x in enumerate(items) if i not in held]
+    return items[: config.train_limit or None], held_out
 
 
 def corda_covariances(backbone: Backbone, adapter, config: FitConfig) -> dict[str, torch.Tensor]:
@@ -264,10 +269,13 @@ def save_head(head: UQHead, path: Path) -> None:
     save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(path))
 
 
-def load_head(head: UQHead, path: Path) -> None:
+def load_head(head: UQHead, path: Path, refit: bool = False) -> None:
+    """Load a saved head; ``refit=True`` allows buffers the saved head lacks (a posterior about to be fitted)."""
     state = load_file(str(path))
     state.setdefault("temperature", torch.ones(()))  # runs written before temperature scaling existed
-    head.load_state_dict(state)
+    missing, unexpected = head.load_state_dict(state, strict=not refit)
+    if unexpected:
+        raise PolarVBLLError(f"{path}: unexpected head tensors {unexpected[:3]} for {type(head).__name__}")
 
 
 def _phase(step: int, config: FitConfig) -> str:
@@ -392,7 +400,38 @@ def fit(
         for callback in callbacks:
             callback(step + 1, logs)
     bar.close()
-    train_s = time.perf_counter() - train_start
+    return finish_run(
+        config,
+        backbone,
+        head,
+        task,
+        items,
+        held_out,
+        out,
+        train_s=time.perf_counter() - train_start,
+        start_step=start_step,
+        command=command,
+        progress=progress,
+    )
+
+
+def finish_run(
+    config: FitConfig,
+    backbone: Backbone,
+    head: UQHead,
+    task: TaskSpec,
+    items: list,
+    held_out: list,
+    out: Path,
+    *,
+    train_s: float,
+    start_step: int = 0,
+    command: str | None = None,
+    progress: bool = True,
+    extra: dict | None = None,
+) -> FitResult:
+    """The post-hoc steps ``config`` asks for (Laplace, temperature), then save, evaluate and report into ``out``."""
+    start = time.perf_counter()
     trainable, total = count_trainable(backbone.model)
     if config.laplace:
         _laplace(backbone, head, task, items, config)
@@ -401,14 +440,17 @@ def fit(
         posterior = head.post_hoc(backbone, _laplace_batches(backbone, task, items, config), len(items))
     if config.temperature_scaling:
         _fit_temperature(backbone, head, task, held_out, config)
+    post_hoc_s = time.perf_counter() - start
     save_adapter(backbone.model, out / "adapter")
     save_head(head, out / "head.safetensors")
     evaluation = evaluate_components(backbone, head, task, config, limit=config.eval_limit, progress=progress)
     report = _run_report(config, backbone, task, evaluation, out, command, trainable, total, train_s, start_step)
+    report["timings"]["post_hoc_s"] = post_hoc_s
     if config.temperature_scaling:
         report["calibration"] = {"temperature": float(head.temperature), "held_out": len(held_out)}
     if posterior:
         report["posterior"] = posterior
+    report.update(extra or {})
     write_report(report, out, calibration_plots(evaluation))
     return FitResult(out, report, config, backbone, head, task)
 

@@ -78,7 +78,7 @@ class VBLLConfig:
 
 def _data_plate(features: torch.Tensor, n_data: int | None):
     """The batch as a subsample of ``n_data`` examples: Pyro scales its log-likelihood by n_data / B."""
-    return pyro.plate("data", n_data or features.shape[0], subsample=torch.arange(features.shape[0]))
+    return pyro.plate("data", n_data or features.shape[0], subsample=torch.arange(features.shape[0], device=features.device))
 
 
 def _noise_site(features: torch.Tensor, noise_scale: torch.Tensor) -> torch.Tensor:
@@ -130,7 +130,7 @@ class VBLLGuide(PyroModule):
             return var.sum(), 2 * self.log_diag.sum()
         factor = self.offdiag
         gram = factor.transpose(-1, -2) @ (factor / var[..., None])  # matrix determinant lemma
-        eye = torch.eye(gram.shape[-1], dtype=gram.dtype)
+        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
         return var.sum() + factor.pow(2).sum(), 2 * self.log_diag.sum() + torch.logdet(gram + eye).sum()
 
     def forward(
@@ -244,7 +244,7 @@ class VBLLHead(UQHead):
 
     def noise_var(self) -> torch.Tensor:
         if self.noise_log_std is None:
-            return torch.zeros(self.num_classes)
+            return torch.zeros(self.num_classes, device=self.guide.mean.device)
         return (2 * self.noise_log_std).exp()
 
     def kl_divergence(self) -> torch.Tensor:
@@ -257,7 +257,7 @@ class VBLLHead(UQHead):
     def wishart_term(self) -> torch.Tensor:
         """log-density (up to a constant) of the Wishart prior on the noise precision; 0 without noise."""
         if self.noise_log_std is None:
-            return torch.zeros(())
+            return torch.zeros((), device=self.guide.mean.device)
         precision = (-2 * self.noise_log_std).exp()
         return self.noise_dof * (-2 * self.noise_log_std).sum() - 0.5 * self.config.wishart_scale * precision.sum()
 
@@ -332,7 +332,7 @@ class VBLLHead(UQHead):
         features = features.float()
         probs = torch.softmax(mask_choices(features @ self.guide.mean.T, choice_mask), -1)  # (M, C)
         weights = probs * (1 - probs) * ((n_total or features.shape[0]) / features.shape[0])
-        eye = torch.eye(self.in_features)
+        eye = torch.eye(self.in_features, device=features.device)
         hessian = torch.einsum("mc,md,me->cde", weights, features, features) + eye / self.prior_var
         covariance = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
         if self.config.covariance == "dense":

@@ -1,0 +1,295 @@
+"""The calibration table: uncertainty methods × tasks on the embedded SmolLM2-135M, ACC / ECE / NLL (mean ± std
+over seeds).
+
+Every method trains with the same steps, batch, max length, seeds, data and data order (r = 8 on q_proj and
+v_proj, plus the answer head); a seeded ``calibration_size`` of each training split is held out of every run, so the
+post-hoc methods (temperature scaling, Laplace-LoRA, PoLAR-VBLL + Laplace) refine the run they start from
+(``polar_vbll.refine``) instead of retraining. Each cell runs in a fresh process and is finished once its
+``cell.json`` exists: a rerun skips finished cells, resumes a killed training from its last checkpoint and
+restarts a killed refinement. Writes ``benchmarks/results/calibration_<profile>.{json,md}``.
+
+    python benchmarks/calibration.py --profile cpu-quick            # ≈ 2.5 h on 2 CPU cores
+    python benchmarks/calibration.py --profile cpu-full             # resumable across sessions
+    python benchmarks/calibration.py --profile paper                # GPU machines
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, machine_info, machine_line, run_worker  # noqa: E402
+
+BLOB_TASKS = ["wg_s", "arc_c", "arc_e", "wg_m", "obqa", "boolq"]  # the six tasks of the BLoB / PoLAR-VBLL protocol
+
+
+@dataclass(frozen=True)
+class Profile:
+    tasks: list[str]
+    steps: int
+    batch_size: int
+    max_length: int
+    seeds: list[int]
+    train_limit: int | None = field(metadata={"help": "first N training examples (after the held-out set)"})
+    eval_limit: int | None = field(metadata={"help": "first N examples of the evaluation split"})
+    calibration_size: int = 256
+    laplace_samples: int = 512
+    note: str = ""
+
+    def epochs(self, n_train: int) -> float:
+        return self.steps * self.batch_size / min(n_train, self.train_limit or n_train)
+
+
+PROFILES = {
+    # Several epochs over a small training subset: overconfidence, what the table is about, needs them.
+    "cpu-quick": Profile(
+        tasks=["sst2", "wg_s", "obqa", "boolq"],
+        steps=80,
+        batch_size=8,
+        max_length=256,
+        seeds=[0],
+        train_limit=200,
+        eval_limit=200,
+        calibration_size=128,
+        laplace_samples=128,
+        note="fits one background session on 2 CPU cores",
+    ),
+    "cpu-full": Profile(
+        tasks=["sst2", *BLOB_TASKS],
+        steps=200,
+        batch_size=8,
+        max_length=256,
+        seeds=[0, 1, 2],
+        train_limit=512,
+        eval_limit=1000,
+        calibration_size=256,
+        laplace_samples=256,
+        note="resumable across sessions (days on 2 CPU cores)",
+    ),
+    "paper": Profile(
+        tasks=BLOB_TASKS,
+        steps=5000,
+        batch_size=4,
+        max_length=300,
+        seeds=[0, 1, 2],
+        train_limit=None,
+        eval_limit=None,
+        note="the papers' budget, for GPU machines",
+    ),
+    "smoke": Profile(
+        tasks=["sst2", "obqa"],
+        steps=2,
+        batch_size=2,
+        max_length=64,
+        seeds=[0],
+        train_limit=8,
+        eval_limit=8,
+        calibration_size=8,
+        laplace_samples=8,
+        note="checks the script end to end in minutes; its numbers mean nothing",
+    ),
+}
+
+# name: (adapter, uq, the method it refines, post-hoc steps); sources come before the methods refining them
+METHODS = {
+    "MLE": ("lora", "mle", None, {}),
+    "MAP": ("lora", "map", None, {}),
+    "MCD": ("lora", "mc_dropout", None, {}),
+    "ENS": ("lora", "ensemble", None, {}),
+    "LA": ("lora", "laplace", "MAP", {"laplace": True}),
+    "BLoB": ("lora", "blob", None, {}),
+    "TS": ("lora", "temperature", "MAP", {"temperature_scaling": True}),
+    "PoLAR-VBLL": ("polar", "vbll", None, {}),
+    "PoLAR-VBLL + LA": ("polar", "vbll", "PoLAR-VBLL", {"laplace": True}),
+    "PoLAR-BLoB": ("polar", "blob", None, {}),
+}
+METRICS = {"cls/acc": "ACC ↑", "cal/ece": "ECE ↓", "cls/nll": "NLL ↓"}
+
+
+def cell_dir(runs: Path, task: str, seed: int, method: str) -> Path:
+    return runs / task / f"seed{seed}" / method.replace(" ", "").replace("+", "_")
+
+
+def worker(profile: Profile, task: str, seed: int, method: str, runs: Path, model: str) -> dict:
+    from polar_vbll.train import fit, refine
+
+    adapter, uq, source, post_hoc = METHODS[method]
+    out = cell_dir(runs, task, seed, method)
+    if source:
+        result = refine(cell_dir(runs, task, seed, source), out, overwrite=True, progress=False, **post_hoc)
+    elif (out / "checkpoint").is_dir() and not (out / "report.json").exists():
+        result = fit(out=out, resume=True, progress=False)
+    else:
+        result = fit(
+            out=out,
+            overwrite=True,
+            progress=False,
+            model=model,
+            task=task,
+            adapter=adapter,
+            uq=uq,
+            steps=profile.steps,
+            batch_size=profile.batch_size,
+            max_length=profile.max_length,
+            seed=seed,
+            train_limit=profile.train_limit,
+            eval_limit=profile.eval_limit,
+            calibration_holdout=True,
+            calibration_size=profile.calibration_size,
+            laplace_samples=profile.laplace_samples,
+        )
+    return {"metrics": result.report["metrics"], "n": result.report["n"], "timings": result.report["timings"]}
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def summarize(cells: dict, profile: Profile) -> dict:
+    """{task: {method: {metric: (mean, std), "seeds": k}}} over the finished seeds."""
+    summary: dict = {}
+    for task in profile.tasks:
+        for method in METHODS:
+            done = [cells[key] for key in cells if key.startswith(f"{task}/") and key.endswith(f"/{method}")]
+            if done:
+                summary.setdefault(task, {})[method] = {
+                    **{m: mean_std([c["metrics"][m] for c in done]) for m in METRICS},
+                    "seeds": len(done),
+                }
+    return summary
+
+
+def markdown(name: str, profile: Profile, summary: dict, total: int, done: int, hours: float, command: str, machine):
+    def cell(entry, metric, best):
+        if entry is None:
+            return "pending"
+        mean, std = entry[metric]
+        text = f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+        return f"**{text}**" if best else text
+
+    tasks = ", ".join(profile.tasks)
+    lines = [
+        f"# Calibration of fine-tuning methods — profile `{name}` (SmolLM2-135M, dequantized 4-bit GGUF, fp32)",
+        "",
+        f"Profile `{name}`: {profile.steps} steps × batch {profile.batch_size}, max length {profile.max_length}, "
+        f"seeds {profile.seeds}, training on "
+        + (f"the first {profile.train_limit} examples" if profile.train_limit else "the whole training split")
+        + f" after holding out {profile.calibration_size} for temperature scaling (every method trains on the same "
+        f"data), evaluation on "
+        + (f"the first {profile.eval_limit} examples of" if profile.eval_limit else "")
+        + f" each task's validation split; tasks {tasks}. LoRA and PoLAR r = 8 on q_proj, v_proj (α = 16), lr 1e-3 "
+        "for adapter and head, warm-up 6 % then linear decay. MCD: dropout 0.1, 10 passes; ENS: 3 LoRA members on "
+        "one base; BLoB: 10 passes; LA: K-FAC over LoRA and head, GLM predictive, prior precision by marginal "
+        f"likelihood on {profile.laplace_samples} training examples; TS, LA and PoLAR-VBLL + LA refine the MAP or "
+        "PoLAR-VBLL run. Accuracy is below the original bf16 model's: the weights are dequantized from 4-bit.",
+        "",
+        f"Cells finished: {done} of {total} ({hours:.2f} h of cell time). Best mean per task in bold.",
+        "",
+    ]
+    for metric, title in METRICS.items():
+        lines += [f"## {title}", "", "| method | " + " | ".join(profile.tasks) + " |"]
+        lines.append("|---|" + "---|" * len(profile.tasks))
+        best = {}
+        for task in profile.tasks:
+            entries = {m: e[metric][0] for m, e in summary.get(task, {}).items()}
+            if entries:
+                best[task] = (max if metric == "cls/acc" else min)(entries, key=entries.get)
+        for method in METHODS:
+            row = [cell(summary.get(task, {}).get(method), metric, best.get(task) == method) for task in profile.tasks]
+            lines.append(f"| {method} | " + " | ".join(row) + " |")
+        lines.append("")
+    per_task = {t: profile.epochs(n) for t, n in _train_sizes(profile).items()}
+    lines += [
+        "Epochs over the training subset: " + ", ".join(f"{t} {e:.1f}" for t, e in per_task.items()) + ".",
+        "",
+        machine_line(machine),
+        "",
+        f"Reproduce: `{command}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _train_sizes(profile: Profile) -> dict[str, int]:
+    from polar_vbll.data import get_task
+
+    return {t: len(get_task(t).load("train")) - profile.calibration_size for t in profile.tasks}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=list(PROFILES), default="cpu-quick")
+    parser.add_argument("--runs", help="cell folders (default runs/calibration/<profile>)")
+    parser.add_argument("--model", default="smollm2-135m", help="backbone (default %(default)s)")
+    parser.add_argument("--tasks", nargs="+", help="only these tasks of the profile")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="only these methods")
+    parser.add_argument("--worker", nargs=3, metavar=("TASK", "SEED", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    profile = PROFILES[args.profile]
+    runs = Path(args.runs or f"runs/calibration/{args.profile}")
+    if args.worker:
+        task, seed, method = args.worker
+        print(json.dumps(worker(profile, task, int(seed), method, runs, args.model)))
+        return
+
+    from tqdm.auto import tqdm
+
+    from polar_vbll.atomic import atomic_write_json, atomic_write_text
+
+    tasks = args.tasks or profile.tasks
+    methods = args.methods or list(METHODS)
+    keys = [f"{t}/{s}/{m}" for t in tasks for s in profile.seeds for m in methods]
+    for key in keys:  # a refinement needs its source
+        source = METHODS[key.rsplit("/", 1)[1]][2]
+        if source and key.rsplit("/", 1)[0] + f"/{source}" not in keys:
+            raise SystemExit(f"{key} refines {source}: add --methods {source!r}")
+    cells = {}  # every finished cell of the profile, also those outside this invocation's selection
+    for path in sorted(runs.glob("*/seed*/*/cell.json")):
+        entry = json.loads(path.read_text())
+        cells[entry["key"]] = entry
+    bar = tqdm(keys, desc=f"calibration {args.profile}")
+    for key in bar:
+        if key in cells:
+            continue
+        task, seed, method = key.split("/")
+        bar.set_postfix_str(key)
+        start = time.perf_counter()
+        flags = [f"--profile={args.profile}", f"--runs={runs}", f"--model={args.model}"]
+        result = run_worker(__file__, *flags, "--worker", task, seed, method)
+        entry = {"key": key, "wall_s": time.perf_counter() - start, **result}
+        atomic_write_json(cell_dir(runs, task, int(seed), method) / "cell.json", entry)
+        cells[key] = entry
+        m = result["metrics"]
+        tqdm.write(
+            f"{key}: acc {m['cls/acc']:.4f} ece {m['cal/ece']:.4f} nll {m['cls/nll']:.4f} ({entry['wall_s']:.0f} s)"
+        )
+    summary = summarize(cells, profile)
+    machine = machine_info()
+    command = f"python benchmarks/calibration.py --profile {args.profile}"
+    total = len(profile.tasks) * len(profile.seeds) * len(METHODS)
+    hours = sum(c["wall_s"] for c in cells.values()) / 3600
+    atomic_write_json(
+        RESULTS / f"calibration_{args.profile}.json",
+        {
+            "command": command,
+            "profile": {"name": args.profile, **asdict(profile)},
+            "methods": {m: {"adapter": a, "uq": u, "refines": s, "post_hoc": p} for m, (a, u, s, p) in METHODS.items()},
+            "machine": machine,
+            "cell_hours": hours,
+            "summary": summary,
+            "cells": cells,
+        },
+    )
+    text = markdown(args.profile, profile, summary, total, len(cells), hours, command, machine)
+    atomic_write_text(RESULTS / f"calibration_{args.profile}.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Shared by the benchmark scripts: machine and package facts for the JSON results, fresh-process workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+PACKAGES = ("torch", "transformers", "pyro-ppl", "geoopt", "peft", "numpy", "polar-vbll")
+
+
+def machine_info() -> dict:
+    """Platform, CPU model and count, GPU (if any) and package versions."""
+    import torch
+
+    cpu = platform.processor()
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "packages": versions,
+    }
+
+
+def machine_line(machine: dict) -> str:
+    gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
+    return f"Machine: {machine['cpu']} ({machine['cpus']} CPUs{gpu}), torch {machine['packages']['torch']}."
+
+
+def run_worker(script: str, *args: str) -> dict:
+    """Run ``script *args`` in a fresh Python process; its last stdout line is the JSON result."""
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{script} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def timed_fit(**options):
+    """``fit(**options)`` and the wall time of each step: (result, [seconds of step 2, 3, ...])."""
+    import time
+
+    from polar_vbll.train import fit
+
+    stamps: list[float] = []
+    result = fit(progress=False, callbacks=[lambda step, logs: stamps.append(time.perf_counter())], **options)
+    return result, [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+
+def inference_times(result, n_batches: int, batch_size: int = 32, n_samples: int = 100) -> list[float]:
+    """Wall times of ``head.predict_batch`` (``n_samples`` logit samples) on the first evaluation batches of the run's
+    task, after one untimed warm-up batch."""
+    import time
+
+    import torch
+
+    from polar_vbll.data import encode_items, iter_batches
+
+    backbone, head, task = result.backbone, result.head, result.task
+    items = task.load(task.eval_split)[: n_batches * batch_size]
+    encoded = encode_items(backbone.tokenizer, task, items, result.config.max_length)
+    pad = backbone.tokenizer.pad_token_id
+    batches = [b for _, b in iter_batches(encoded, batch_size, pad, task.num_classes)]
+    generator = torch.Generator().manual_seed(0)
+    times = []
+    for batch in [batches[0], *batches]:
+        start = time.perf_counter()
+        head.predict_batch(backbone, batch, n_samples, generator)
+        times.append(time.perf_counter() - start)
+    return times[1:]

@@ -1,0 +1,143 @@
+"""The OOD table: every method trained on OBQA (the calibration benchmark's OBQA runs), evaluated under shift on
+ARC-C, ARC-E, MMLU chemistry and MMLU physics: ACC / ECE / NLL there, and how well each criterion separates
+OBQA validation (in-distribution, the positive class) from each shifted set: AUROC and FPR95.
+
+Runs ``benchmarks/calibration.py --profile P --tasks obqa`` first if its OBQA cells are missing. Each method is
+evaluated in a fresh process and reused once ``<cell>/ood/ood.json`` exists. Writes
+``benchmarks/results/ood_<profile>.{json,md}``.
+
+    python benchmarks/ood.py --profile cpu-quick --limit 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from calibration import METHODS, PROFILES, cell_dir  # noqa: E402
+from common import RESULTS, machine_info, machine_line, run_worker  # noqa: E402
+
+ID_TASK = "obqa"
+OOD_TASKS = ["arc_c", "arc_e", "mmlu_chem", "mmlu_phys"]
+REFERENCE = "msp"  # a fixed criterion every method has, next to each method's best
+
+
+def worker(run: Path, limit: int | None) -> dict:
+    from polar_vbll.train import evaluate_run
+
+    report = evaluate_run(run, limit=limit, ood=OOD_TASKS, out=run / "ood", progress=False)
+    return {
+        "id": {"n": report["n"], "metrics": report["metrics"]},
+        "ood": {
+            name: {k: entry[k] for k in ("n", "n_total", "metrics", "detection", "best_criterion")}
+            for name, entry in report["ood"].items()
+        },
+        "best_criterion": report["ood_best_criterion"],
+    }
+
+
+def markdown(profile: str, limit, rows: dict, missing: list[str], command: str, machine: dict) -> str:
+    first = next(iter(rows.values()), None)
+    sizes = ", ".join(f"{name} {e['n']}/{e['n_total']}" for name, e in first["ood"].items()) if first else ""
+    lines = [
+        f"# OOD: trained on OBQA, shifted to ARC-C, ARC-E, MMLU chemistry / physics — profile `{profile}`",
+        "",
+        f"The OBQA runs of `benchmarks/results/calibration_{profile}.md` (same budget, seed 0). ID: the first "
+        f"{limit or 'all'} OBQA validation questions "
+        + (f"({first['id']['n']})" if first else "")
+        + f"; OOD: the first {limit or 'all'} questions with at most 4 choices of each set (kept / first examined: "
+        f"{sizes}). ID is the positive class; AUROC 0.5 = no separation, FPR95 = fraction of OOD questions "
+        "scored at least as in-distribution as 95 % of the ID ones. *Best criterion*: the method's criterion with "
+        "the highest mean AUROC over the four sets, chosen on these same sets (optimistic); MSP is shown for every "
+        "method as a fixed reference. SmolLM2-135M weights dequantized from 4-bit.",
+        "",
+        "## Accuracy / ECE / NLL under shift",
+        "",
+        "| method | OBQA (ID) | " + " | ".join(OOD_TASKS) + " |",
+        "|---|---|" + "---|" * len(OOD_TASKS),
+    ]
+
+    def triple(metrics):
+        return f"{metrics['cls/acc']:.3f} / {metrics['cal/ece']:.3f} / {metrics['cls/nll']:.3f}"
+
+    for method, row in rows.items():
+        shifted = [triple(row["ood"][t]["metrics"]) for t in OOD_TASKS]
+        lines.append(f"| {method} | {triple(row['id']['metrics'])} | " + " | ".join(shifted) + " |")
+    lines += [
+        "",
+        "## Detection: AUROC ↑ (FPR95 ↓) per OOD set",
+        "",
+        "| method | criterion | " + " | ".join(OOD_TASKS) + " | mean AUROC |",
+        "|---|---|" + "---|" * (len(OOD_TASKS) + 1),
+    ]
+    for method, row in rows.items():
+        for criterion in dict.fromkeys([row["best_criterion"], REFERENCE]):
+            det = [row["ood"][t]["detection"][criterion] for t in OOD_TASKS]
+            label = criterion + (" (best)" if criterion == row["best_criterion"] else "")
+            cells = [f"{d['ood/auroc']:.3f} ({d['ood/fpr95']:.2f})" for d in det]
+            mean = statistics.mean(d["ood/auroc"] for d in det)
+            lines.append(f"| {method} | {label} | " + " | ".join(cells) + f" | {mean:.3f} |")
+    if missing:
+        lines += ["", "Pending (their OBQA run is not finished): " + ", ".join(missing) + "."]
+    lines += ["", machine_line(machine), "", f"Reproduce: `{command}`", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=list(PROFILES), default="cpu-quick")
+    parser.add_argument("--runs", help="the calibration benchmark's cell folders (default runs/calibration/<profile>)")
+    parser.add_argument("--limit", type=int, help="first N examples of the ID set and of each OOD set")
+    parser.add_argument("--train", action="store_true", help="train the missing OBQA runs first")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(Path(args.worker), args.limit)))
+        return
+
+    from tqdm.auto import tqdm
+
+    from polar_vbll.atomic import atomic_write_json, atomic_write_text
+
+    runs = Path(args.runs or f"runs/calibration/{args.profile}")
+    if args.train:
+        calibration = str(Path(__file__).parent / "calibration.py")
+        flags = [f"--profile={args.profile}", f"--runs={runs}", "--tasks", ID_TASK]
+        subprocess.run([sys.executable, calibration, *flags], check=True)
+    seed = PROFILES[args.profile].seeds[0]
+    rows, missing = {}, []
+    for method in tqdm(METHODS, desc=f"ood {args.profile}"):
+        run = cell_dir(runs, ID_TASK, seed, method)
+        done = run / "ood" / "ood.json"
+        if done.exists():
+            rows[method] = json.loads(done.read_text())
+            continue
+        if not (run / "cell.json").exists():
+            missing.append(method)
+            continue
+        start = time.perf_counter()
+        flags = [f"--profile={args.profile}", "--worker", str(run)] + ([f"--limit={args.limit}"] if args.limit else [])
+        rows[method] = {**run_worker(__file__, *flags), "wall_s": time.perf_counter() - start}
+        atomic_write_json(done, rows[method])
+        best = rows[method]["best_criterion"]
+        mean = statistics.mean(rows[method]["ood"][t]["detection"][best]["ood/auroc"] for t in OOD_TASKS)
+        tqdm.write(f"{method}: best criterion {best}, mean AUROC {mean:.3f} ({rows[method]['wall_s']:.0f} s)")
+    machine = machine_info()
+    command = f"python benchmarks/ood.py --profile {args.profile}" + (f" --limit {args.limit}" if args.limit else "")
+    atomic_write_json(
+        RESULTS / f"ood_{args.profile}.json",
+        {"command": command, "profile": args.profile, "limit": args.limit, "machine": machine, "rows": rows},
+    )
+    text = markdown(args.profile, args.limit, rows, missing, command, machine)
+    atomic_write_text(RESULTS / f"ood_{args.profile}.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

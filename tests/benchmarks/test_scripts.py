@@ -1,0 +1,61 @@
+"""The benchmark scripts' own logic: table summaries, FLOP counts and a GPU-throughput step on a tiny CPU model."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+calibration = pytest.importorskip("calibration")
+gpu_throughput = pytest.importorskip("gpu_throughput")
+
+
+def _cell(key, acc, ece, nll):
+    return {"key": key, "wall_s": 1.0, "metrics": {"cls/acc": acc, "cal/ece": ece, "cls/nll": nll}}
+
+
+def test_calibration_summary_means_stds_best_and_pending():
+    profile = calibration.Profile(
+        tasks=["sst2", "obqa"], steps=1, batch_size=1, max_length=8, seeds=[0, 1], train_limit=4, eval_limit=4
+    )
+    cells = {
+        c["key"]: c
+        for c in [
+            _cell("sst2/0/MAP", 0.8, 0.10, 0.40),
+            _cell("sst2/1/MAP", 0.9, 0.20, 0.50),
+            _cell("sst2/0/TS", 0.8, 0.05, 0.45),
+        ]
+    }
+    summary = calibration.summarize(cells, profile)
+    assert summary["sst2"]["MAP"]["cls/acc"] == pytest.approx((0.85, 0.0707107), rel=1e-5)
+    assert summary["sst2"]["MAP"]["seeds"] == 2 and summary["sst2"]["TS"]["cal/ece"] == (0.05, None)
+    assert "obqa" not in summary
+    text = calibration.markdown("test", profile, summary, 40, 3, 0.1, "cmd", _machine())
+    ece_table = text.split("## ECE")[1].split("## NLL")[0]
+    assert "| MAP | 0.150 ± 0.071 | pending |" in ece_table and "| TS | **0.050** | pending |" in ece_table
+    assert "Cells finished: 3 of 40" in text and "profile `test`" in text
+
+
+def test_profile_epochs_count_the_subset():
+    quick = calibration.PROFILES["cpu-quick"]
+    assert quick.epochs(10_000) == quick.steps * quick.batch_size / quick.train_limit
+    assert quick.epochs(100) == quick.steps * quick.batch_size / 100
+
+
+def _machine():
+    return {"cpu": "test cpu", "cpus": 2, "gpu": None, "packages": {"torch": "x"}}
+
+
+def test_flops_per_token_counts_frozen_block_matrices():
+    backbone = gpu_throughput.random_backbone("tiny", "cpu", __import__("torch").float32)
+    backbone.model.requires_grad_(False)  # as inject_adapters leaves the base
+    n = 2 * (4 * 64 * 64 + 3 * 64 * 128)  # q, k, v, o and gate, up, down of 2 layers
+    adapter, head = gpu_throughput.flops_per_token(backbone.model, 32)
+    assert head == 2 * n + 4 * 2 * 32 * 64 and adapter == 4 * n + 12 * 2 * 32 * 64
+
+
+@pytest.mark.parametrize("method", list(gpu_throughput.METHODS))
+def test_gpu_throughput_step_runs_on_a_tiny_bf16_model(method):
+    result = gpu_throughput.measure(method, "tiny", "cpu", steps=4, warmup=2, batch=2, seq_len=16)
+    phases = {"LoRA-MAP": {"joint"}, "PoLAR-VBLL": {"head", "adapter"}}[method]
+    assert set(result["phases"]) == phases and result["tokens_per_s"] > 0 and result["flops_per_s"] > 0

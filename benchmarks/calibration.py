@@ -49,7 +49,7 @@ class Profile:
 PROFILES = {
     # Several epochs over a small training subset: overconfidence, what the table is about, needs them.
     "cpu-quick": Profile(
-        tasks=["sst2", "wg_s", "obqa", "boolq"],
+        tasks=["sst2", "obqa", "wg_s", "boolq"],
         steps=80,
         batch_size=8,
         max_length=256,
@@ -96,19 +96,27 @@ PROFILES = {
     ),
 }
 
-# name: (adapter, uq, the method it refines, post-hoc steps); sources come before the methods refining them
+# name: (adapter, uq, the method it refines, post-hoc steps, other FitConfig options); sources come first
 METHODS = {
-    "MLE": ("lora", "mle", None, {}),
-    "MAP": ("lora", "map", None, {}),
-    "MCD": ("lora", "mc_dropout", None, {}),
-    "ENS": ("lora", "ensemble", None, {}),
-    "LA": ("lora", "laplace", "MAP", {"laplace": True}),
-    "BLoB": ("lora", "blob", None, {}),
-    "TS": ("lora", "temperature", "MAP", {"temperature_scaling": True}),
-    "PoLAR-VBLL": ("polar", "vbll", None, {}),
-    "PoLAR-VBLL + LA": ("polar", "vbll", "PoLAR-VBLL", {"laplace": True}),
-    "PoLAR-BLoB": ("polar", "blob", None, {}),
+    "MLE": ("lora", "mle", None, {}, {}),
+    "MAP": ("lora", "map", None, {}, {}),
+    "MCD": ("lora", "mc_dropout", None, {}, {}),
+    "ENS": ("lora", "ensemble", None, {}, {}),
+    "LA": ("lora", "laplace", "MAP", {"laplace": True}, {}),
+    "BLoB": ("lora", "blob", None, {}, {}),
+    "TS": ("lora", "temperature", "MAP", {"temperature_scaling": True}, {}),
+    "PoLAR-VBLL": ("polar", "vbll", None, {}, {}),
+    "PoLAR-VBLL + LA": ("polar", "vbll", "PoLAR-VBLL", {"laplace": True}, {}),
+    "PoLAR-BLoB": ("polar", "blob", None, {}, {}),
 }
+# --ablations: what PoLAR-VBLL's numbers depend on (schedule, head covariance, optimizer, adapter)
+ABLATIONS = {
+    "PoLAR-VBLL joint": ("polar", "vbll", None, {}, {"alternate": False}),
+    "PoLAR-VBLL diagonal": ("polar", "vbll", None, {}, {"vbll": {"covariance": "diagonal"}}),
+    "PoLAR-VBLL landing": ("polar", "vbll", None, {}, {"optimizer": "landing"}),
+    "LoRA-VBLL": ("lora", "vbll", None, {}, {}),
+}
+ALL = {**METHODS, **ABLATIONS}
 METRICS = {"cls/acc": "ACC ↑", "cal/ece": "ECE ↓", "cls/nll": "NLL ↓"}
 
 
@@ -119,7 +127,7 @@ def cell_dir(runs: Path, task: str, seed: int, method: str) -> Path:
 def worker(profile: Profile, task: str, seed: int, method: str, runs: Path, model: str) -> dict:
     from polar_vbll.train import fit, refine
 
-    adapter, uq, source, post_hoc = METHODS[method]
+    adapter, uq, source, post_hoc, options = ALL[method]
     out = cell_dir(runs, task, seed, method)
     if source:
         result = refine(cell_dir(runs, task, seed, source), out, overwrite=True, progress=False, **post_hoc)
@@ -143,6 +151,7 @@ def worker(profile: Profile, task: str, seed: int, method: str, runs: Path, mode
             calibration_holdout=True,
             calibration_size=profile.calibration_size,
             laplace_samples=profile.laplace_samples,
+            **options,
         )
     return {"metrics": result.report["metrics"], "n": result.report["n"], "timings": result.report["timings"]}
 
@@ -155,7 +164,7 @@ def summarize(cells: dict, profile: Profile) -> dict:
     """{task: {method: {metric: (mean, std), "seeds": k}}} over the finished seeds."""
     summary: dict = {}
     for task in profile.tasks:
-        for method in METHODS:
+        for method in ALL:
             done = [cells[key] for key in cells if key.startswith(f"{task}/") and key.endswith(f"/{method}")]
             if done:
                 summary.setdefault(task, {})[method] = {
@@ -197,11 +206,30 @@ def markdown(name: str, profile: Profile, summary: dict, total: int, done: int, 
         lines.append("|---|" + "---|" * len(profile.tasks))
         best = {}
         for task in profile.tasks:
-            entries = {m: e[metric][0] for m, e in summary.get(task, {}).items()}
+            entries = {m: e[metric][0] for m, e in summary.get(task, {}).items() if m in METHODS}
             if entries:
                 best[task] = (max if metric == "cls/acc" else min)(entries, key=entries.get)
         for method in METHODS:
             row = [cell(summary.get(task, {}).get(method), metric, best.get(task) == method) for task in profile.tasks]
+            lines.append(f"| {method} | " + " | ".join(row) + " |")
+        lines.append("")
+    ablated = [t for t in profile.tasks if any(m in summary.get(t, {}) for m in ABLATIONS)]
+    if ablated:
+        lines += [
+            "## Ablations of PoLAR-VBLL (ACC / ECE / NLL)",
+            "",
+            "joint: adapter and head updated together every step instead of alternating (the adapter then gets "
+            "every step, not every other); diagonal: diagonal instead of dense head covariance; landing: the "
+            "landing optimizer instead of geoopt's Riemannian Adam; LoRA-VBLL: LoRA instead of PoLAR.",
+            "",
+            "| run | " + " | ".join(ablated) + " |",
+            "|---|" + "---|" * len(ablated),
+        ]
+        for method in ["MAP", "PoLAR-VBLL", *ABLATIONS]:
+            row = []
+            for task in ablated:
+                entry = summary[task].get(method)
+                row.append(" / ".join(f"{entry[m][0]:.3f}" for m in METRICS) if entry else "pending")
             lines.append(f"| {method} | " + " | ".join(row) + " |")
         lines.append("")
     per_task = {t: profile.epochs(n) for t, n in _train_sizes(profile).items()}
@@ -228,7 +256,8 @@ def main() -> None:
     parser.add_argument("--runs", help="cell folders (default runs/calibration/<profile>)")
     parser.add_argument("--model", default="smollm2-135m", help="backbone (default %(default)s)")
     parser.add_argument("--tasks", nargs="+", help="only these tasks of the profile")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="only these methods")
+    parser.add_argument("--methods", nargs="+", choices=list(ALL), help="only these methods")
+    parser.add_argument("--ablations", action="store_true", help="also run the PoLAR-VBLL ablations")
     parser.add_argument("--worker", nargs=3, metavar=("TASK", "SEED", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     profile = PROFILES[args.profile]
@@ -243,10 +272,10 @@ def main() -> None:
     from polar_vbll.atomic import atomic_write_json, atomic_write_text
 
     tasks = args.tasks or profile.tasks
-    methods = args.methods or list(METHODS)
+    methods = args.methods or list(METHODS) + (list(ABLATIONS) if args.ablations else [])
     keys = [f"{t}/{s}/{m}" for t in tasks for s in profile.seeds for m in methods]
     for key in keys:  # a refinement needs its source
-        source = METHODS[key.rsplit("/", 1)[1]][2]
+        source = ALL[key.rsplit("/", 1)[1]][2]
         if source and key.rsplit("/", 1)[0] + f"/{source}" not in keys:
             raise SystemExit(f"{key} refines {source}: add --methods {source!r}")
     cells = {}  # every finished cell of the profile, also those outside this invocation's selection
@@ -279,14 +308,18 @@ def main() -> None:
         {
             "command": command,
             "profile": {"name": args.profile, **asdict(profile)},
-            "methods": {m: {"adapter": a, "uq": u, "refines": s, "post_hoc": p} for m, (a, u, s, p) in METHODS.items()},
+            "methods": {
+                m: {"adapter": a, "uq": u, "refines": s, "post_hoc": p, "options": o}
+                for m, (a, u, s, p, o) in ALL.items()
+            },
             "machine": machine,
             "cell_hours": hours,
             "summary": summary,
             "cells": cells,
         },
     )
-    text = markdown(args.profile, profile, summary, total, len(cells), hours, command, machine)
+    done = sum(key.rsplit("/", 1)[1] in METHODS for key in cells)
+    text = markdown(args.profile, profile, summary, total, done, hours, command, machine)
     atomic_write_text(RESULTS / f"calibration_{args.profile}.md", text)
     print(text)
 

@@ -24,6 +24,7 @@ def test_calibration_summary_means_stds_best_and_pending():
             _cell("sst2/0/MAP", 0.8, 0.10, 0.40),
             _cell("sst2/1/MAP", 0.9, 0.20, 0.50),
             _cell("sst2/0/TS", 0.8, 0.05, 0.45),
+            _cell("sst2/0/PoLAR-VBLL joint", 0.7, 0.01, 0.30),
         ]
     }
     summary = calibration.summarize(cells, profile)
@@ -34,6 +35,8 @@ def test_calibration_summary_means_stds_best_and_pending():
     ece_table = text.split("## ECE")[1].split("## NLL")[0]
     assert "| MAP | 0.150 ± 0.071 | pending |" in ece_table and "| TS | **0.050** | pending |" in ece_table
     assert "Cells finished: 3 of 40" in text and "profile `test`" in text
+    assert "| PoLAR-VBLL joint | 0.700 / 0.010 / 0.300 |" in text  # ablations: own table, never "best"
+    assert "**0.010**" not in text and "**0.300**" not in text
 
 
 def test_profile_epochs_count_the_subset():

@@ -78,7 +78,9 @@ class VBLLConfig:
 
 def _data_plate(features: torch.Tensor, n_data: int | None):
     """The batch as a subsample of ``n_data`` examples: Pyro scales its log-likelihood by n_data / B."""
-    return pyro.plate("data", n_data or features.shape[0], subsample=torch.arange(features.shape[0], device=features.device))
+    return pyro.plate(
+        "data", n_data or features.shape[0], subsample=torch.arange(features.shape[0], device=features.device)
+    )
 
 
 def _noise_site(features: torch.Tensor, noise_scale: torch.Tensor) -> torch.Tensor:

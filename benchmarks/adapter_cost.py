@@ -71,16 +71,21 @@ def worker(variant: str, steps: int, warmup: int, batch_size: int, max_length: i
         b for _, b in iter_batches(encoded, batch_size, backbone.tokenizer.pad_token_id, 2, sort_by_length=False)
     ]
     loaded_rss = rss_mb()
-    times = []
+    times, parts = [], {"forward": [], "backward": [], "optimizer": []}
     for i, batch in enumerate(batches):
         start = time.perf_counter()
         logits = head(backbone.features(batch["input_ids"], batch["attention_mask"]))
         loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        forward = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        backward = time.perf_counter()
         optimizer.step()
+        end = time.perf_counter()
         if i >= warmup:
-            times.append(time.perf_counter() - start)
+            times.append(end - start)
+            for key, seconds in zip(parts, (forward - start, backward - forward, end - backward)):
+                parts[key].append(seconds)
     return {
         "variant": variant,
         "adapter": adapter,
@@ -90,6 +95,7 @@ def worker(variant: str, steps: int, warmup: int, batch_size: int, max_length: i
         "trainable_params": count_trainable(backbone.model)[0],
         "step_s": times,
         "step_s_median": statistics.median(times),
+        **{f"{key}_s_median": statistics.median(values) for key, values in parts.items()},
         "rss_after_load_mb": loaded_rss,
         "peak_rss_mb": rss_mb(),
         "tokens_per_batch": int(batches[0]["attention_mask"].sum()),
@@ -164,15 +170,17 @@ def main() -> None:
         f"through the frozen answer head; median of {args.steps} steps after {args.warmup} warm-up steps; each "
         "variant in a fresh process. Weights: dequantized 4-bit GGUF, fp32.",
         "",
-        "| variant | optimizer | lr | trainable | s/step (median) | ÷ our LoRA | peak RSS MB | ÷ our LoRA | "
-        "‖PᵀP−I‖ max | stable rank ΔW |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | optimizer | lr | trainable | s/step (median) | ÷ our LoRA | forward / backward / optimizer s | "
+        "peak RSS MB | ÷ our LoRA | ‖PᵀP−I‖ max | stable rank ΔW |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         ours = r["adapter"] != "peft-lora"  # our diagnostics read our layers only
         lines.append(
             f"| {name} | {r['optimizer']} | {r['lr']:g} | {r['trainable_params']:,} | "
-            f"{r['step_s_median']:.3f} | {r['step_vs_lora']:.3f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['step_s_median']:.3f} | {r['step_vs_lora']:.3f} | "
+            + " / ".join(f"{r.get(f'{k}_s_median', float('nan')):.3f}" for k in ("forward", "backward", "optimizer"))
+            + f" | {r['peak_rss_mb']:.0f} | "
             f"{r['peak_rss_vs_lora']:.3f} | "
             + (f"{r['adapter/orth_error_max']:.1e} | {r['adapter/stable_rank_mean']:.2f} |" if ours else "n/a | n/a |")
         )

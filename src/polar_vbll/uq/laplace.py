@@ -107,7 +107,7 @@ class LaplaceHead(PointHead):
         results = []
         for v in vectors:
             grads = torch.autograd.grad((logits * v).sum(), outputs, retain_graph=True, allow_unused=True)
-            per_map = {"head": (features[:, None], v[:, None])}
+            per_map = {"head": (features[:, None].detach(), v[:, None])}
             for name, grad in zip(names, grads[:-1], strict=True):
                 x = self._captured[name][0]
                 grad = torch.zeros_like(self._captured[name][1]) if grad is None else grad
@@ -115,8 +115,9 @@ class LaplaceHead(PointHead):
                 for key, (extract, _) in self._maps.items():
                     if key.startswith(prefix):
                         a, g = extract(x, grad)
-                        per_map[key] = (a * mask[..., None], g)
+                        per_map[key] = ((a * mask[..., None]).detach(), g)
             results.append(per_map)
+        self._captured.clear()  # frees the backbone graph before the next batch builds its own
         return logits, results
 
     def _forward_capture(self, backbone, batch):
@@ -147,7 +148,7 @@ class LaplaceHead(PointHead):
                 eye = torch.eye(probs.shape[1])
                 vectors = [probs[:, c, None].sqrt() * (eye[c] - probs) for c in range(probs.shape[1])]
                 vectors = [torch.nan_to_num(v) for v in vectors]
-                _, results = self._map_inputs_and_grads(features, lambda f: self.linear(f.float()), vectors, mask)
+                results = self._map_inputs_and_grads(features, lambda f: self.linear(f.float()), vectors, mask)[1]
             for per_map in results:
                 for key, (_, g) in per_map.items():
                     g = g.detach().reshape(-1, g.shape[-1])
@@ -157,6 +158,7 @@ class LaplaceHead(PointHead):
                 sums_a[key] = sums_a[key] + a.T @ a
                 tokens[key] += float(mask.sum()) if a.shape[0] == mask.numel() else a.shape[0]
             seen += batch["input_ids"].shape[0]
+            del features  # its graph would otherwise live through the next batch's forward
         if seen == 0:
             raise PolarVBLLError("laplace: no examples to fit the posterior on")
         norm2, count, pairs = 0.0, 0, []

@@ -50,10 +50,19 @@ def _maps_of(name: str, layer) -> list[tuple[str, callable, torch.Tensor]]:
     raise PolarVBLLError(f"laplace works on LoRA-type, PoLAR and S2FT adapters, not {type(layer).__name__}")
 
 
+def _split(batch: dict, size: int) -> Iterable[dict]:
+    """The rows of a collated batch in sub-batches of ``size`` (same padding)."""
+    n = batch["input_ids"].shape[0]
+    for start in range(0, n, size):
+        yield {k: v[start : start + size] if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 class LaplaceHead(PointHead):
     """A MAP head plus, after :meth:`post_hoc`, a K-FAC Laplace posterior over the adapter (and head) weights."""
 
     stochastic = True
+    #: examples per backward graph: the Jacobians keep the backbone graph alive, so its memory scales with this
+    chunk_size = 8
 
     def __init__(self, init_weight: torch.Tensor, subset: str = "adapter", n_samples: int = 1000):
         super().__init__(init_weight, 1e-5)
@@ -139,7 +148,7 @@ class LaplaceHead(PointHead):
         sums_g = {k: 0.0 for k in self._maps}
         tokens = {k: 0.0 for k in self._maps}
         seen = 0
-        for batch in batches:
+        for batch in (part for whole in batches for part in _split(whole, self.chunk_size)):
             mask = batch["attention_mask"].float()
             features = self._forward_capture(backbone, batch)
             with torch.enable_grad():
@@ -207,7 +216,8 @@ class LaplaceHead(PointHead):
     def predict_batch(self, backbone, batch, n_samples, generator=None):
         if not self.fitted:  # before post_hoc (e.g. evaluation during training): the MAP head
             return super().predict_batch(backbone, batch, n_samples, generator)
-        mean, cov = self.logit_covariance(backbone, batch)
+        parts = [self.logit_covariance(backbone, part) for part in _split(batch, self.chunk_size)]
+        mean, cov = torch.cat([m for m, _ in parts]), torch.cat([c for _, c in parts])
         chol = torch.linalg.cholesky(cov + 1e-9 * torch.eye(cov.shape[-1], dtype=cov.dtype))
         draws = max(n_samples, self.n_samples)
         eps = torch.randn(mean.shape[0], draws, mean.shape[1], generator=generator, dtype=torch.float64)

@@ -6,12 +6,13 @@ PoLAR adapters feed a variational Bayesian last layer; calibration and OOD metri
 from .data import get_task, list_tasks
 from .evaluation import EvalResult, evaluate
 from .models import load_backbone, prepare_embedded
-from .train import FitConfig, FitResult, evaluate_run, fit, load_run, refine
+from .train import FitConfig, FitResult, Predictions, evaluate_run, fit, load_run, predict_run, refine
 
 __all__ = [
     "EvalResult",
     "FitConfig",
     "FitResult",
+    "Predictions",
     "evaluate",
     "evaluate_run",
     "fit",
@@ -19,6 +20,7 @@ __all__ = [
     "list_tasks",
     "load_backbone",
     "load_run",
+    "predict_run",
     "prepare_embedded",
     "refine",
 ]

@@ -216,37 +216,34 @@ def read_mmlu_csv(file: DataFile) -> list[MCItem]:
     return _nonempty(file, items)
 
 
+def generic_item(where: str, line: int, row: dict, need_answer: bool = True) -> MCItem:
+    """One ``{"question", "choices", "answer"}`` row (optional ``"context"``, ``"id"``), checked field by field;
+    ``where`` names the file (or the list) in errors. Without ``need_answer`` a missing answer is stored as -1."""
+    if not isinstance(row, dict):
+        raise DataFormatError(where, line, None, f"expected a JSON object, got {type(row).__name__}")
+    file = DataFile(where)
+    question = _field(file, line, row, "question")
+    choices = _field(file, line, row, "choices", list)
+    if len(choices) < 2:
+        raise DataFormatError(where, line, "choices", f"needs at least 2 choices, got {len(choices)}")
+    for i, choice in enumerate(choices):
+        if not isinstance(choice, str) or not choice.strip():
+            raise DataFormatError(where, line, f"choices[{i}]", "must be a non-empty string")
+    answer = -1
+    if need_answer or row.get("answer") is not None:
+        answer = _field(file, line, row, "answer", int)
+        if not 0 <= answer < len(choices):
+            raise DataFormatError(where, line, "answer", f"index {answer} out of range for {len(choices)} choices")
+    context = row.get("context", "")
+    if not isinstance(context, str):
+        raise DataFormatError(where, line, "context", f"expected str, got {type(context).__name__}")
+    return MCItem(str(row.get("id", line)), question, tuple(choices), answer, context=context, source=f"{where}:{line}")
+
+
 @READERS.decorator("jsonl")
 def read_generic_jsonl(file: DataFile) -> list[MCItem]:
     """Generic multiple choice: ``{"question", "choices": [str, ...], "answer": index}``.
 
     Optional fields: ``"context"`` (a passage shown before the question) and ``"id"``.
     """
-    items = []
-    for line, row in _jsonl_rows(file):
-        question = _field(file, line, row, "question")
-        choices = _field(file, line, row, "choices", list)
-        if len(choices) < 2:
-            raise DataFormatError(file.display, line, "choices", f"needs at least 2 choices, got {len(choices)}")
-        for i, choice in enumerate(choices):
-            if not isinstance(choice, str) or not choice.strip():
-                raise DataFormatError(file.display, line, f"choices[{i}]", "must be a non-empty string")
-        answer = _field(file, line, row, "answer", int)
-        if not 0 <= answer < len(choices):
-            raise DataFormatError(
-                file.display, line, "answer", f"index {answer} out of range for {len(choices)} choices"
-            )
-        context = row.get("context", "")
-        if not isinstance(context, str):
-            raise DataFormatError(file.display, line, "context", f"expected str, got {type(context).__name__}")
-        items.append(
-            MCItem(
-                str(row.get("id", line)),
-                question,
-                tuple(choices),
-                answer,
-                context=context,
-                source=f"{file.path}:{line}",
-            )
-        )
-    return _nonempty(file, items)
+    return _nonempty(file, [generic_item(file.path, line, row) for line, row in _jsonl_rows(file)])

@@ -68,6 +68,12 @@ class FitResult:
     head: UQHead
     task: TaskSpec
 
+    def predict(self, questions: list[dict] | None = None, **options):
+        """Predictions with uncertainty on new ``questions`` or a task split: see :func:`predict_run`."""
+        from .predictions import predict_run
+
+        return predict_run(self, questions, **options)
+
 
 def warmup_linear(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
     """LR multiplier: linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0."""

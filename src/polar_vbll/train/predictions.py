@@ -1,0 +1,138 @@
+"""Predictions with uncertainty of a trained run on new questions or a task split: ``predict_run``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..data import MCItem, get_task
+from ..data.loaders import generic_item
+from ..errors import PolarVBLLError
+from ..metrics import classification_metrics, selective_metrics
+
+
+@dataclass
+class Predictions:
+    """What a run predicts for each question, in input order (N questions, C classes)."""
+
+    items: list[MCItem]
+    probs: np.ndarray  # (N, C) predictive p(y | x)
+    uncertainty: dict[str, np.ndarray]  # "total" = "aleatoric" + "epistemic" entropy in nats, each (N,)
+    scores: dict[str, np.ndarray]  # in-distribution score (higher = more ID) of each OOD criterion, each (N,)
+    label_words: list[str]
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """(N,) index of the most probable choice."""
+        return self.probs.argmax(1)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """(N,) probability of the predicted choice."""
+        return self.probs.max(1)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """(N,) the right answers, or None when some question has none."""
+        answers = np.array([item.answer for item in self.items])
+        return None if (answers < 0).any() else answers
+
+    def metrics(self) -> dict[str, float]:
+        """``cls/``, ``cal/`` and ``sel/`` metrics (needs the answers)."""
+        if self.labels is None:
+            raise PolarVBLLError("metrics need the right answer of every question")
+        return {**classification_metrics(self.probs, self.labels), **selective_metrics(self.probs, self.labels)}
+
+    def rows(self, order_by: str | None = None, top: int | None = None) -> list[dict]:
+        """One dict per question (question, predicted answer, confidence, uncertainties); ``order_by`` an
+        uncertainty name ("total", "aleatoric", "epistemic") or "confidence", largest first."""
+        order = np.arange(len(self.items))
+        if order_by is not None:
+            values = self.confidence if order_by == "confidence" else self.uncertainty.get(order_by)
+            if values is None:
+                raise PolarVBLLError(f"order_by: one of confidence, {', '.join(self.uncertainty)}; got {order_by!r}")
+            order = np.argsort(-values, kind="stable")
+        rows = []
+        for i in order[:top]:
+            item, choice = self.items[i], int(self.predicted[i])
+            row = {
+                "question": item.question,
+                "predicted": f"{self.label_words[choice].strip()}: {item.choices[choice]}",
+                "confidence": float(self.confidence[i]),
+                **{k: float(v[i]) for k, v in self.uncertainty.items()},
+            }
+            if item.answer >= 0:
+                row["answer"] = f"{self.label_words[item.answer].strip()}: {item.choices[item.answer]}"
+            rows.append(row)
+        return rows
+
+    def table(self, order_by: str | None = None, top: int | None = 10, width: int = 70) -> str:
+        """:meth:`rows` as a Markdown table (long texts cut to ``width`` characters)."""
+        rows = self.rows(order_by, top)
+        if not rows:
+            return ""
+        keys = list(rows[0]) if all(len(r) == len(rows[0]) for r in rows) else list(rows[-1])
+
+        def text(value):
+            value = f"{value:.3f}" if isinstance(value, float) else str(value).replace("|", "\\|").replace("\n", " ")
+            return value if len(value) <= width else value[: width - 1] + "…"
+
+        lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(text(r.get(k, "")) for k in keys) + " |" for r in rows]
+        return "\n".join(lines)
+
+
+def predict_run(
+    run,
+    questions: list[dict] | None = None,
+    *,
+    task: str | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    n_samples: int = 100,
+    progress: bool = False,
+) -> Predictions:
+    """Predictions of a run (a folder written by ``fit`` or a ``FitResult``) with their uncertainty.
+
+    ``questions``: dicts ``{"question", "choices", "answer" (optional), "context" (optional)}`` with at most as
+    many choices as the run has classes, checked like a JSONL file's rows; otherwise the first ``limit`` examples
+    of ``split`` of ``task`` (default: the run's own task and evaluation split).
+    """
+    from .run import _check_labels, _restrict, load_run
+    from .trainer import predict
+
+    if isinstance(run, (str, Path)):
+        run = load_run(run)
+    spec = run.task
+    if questions is not None:
+        if task or split:
+            raise PolarVBLLError("predict_run: pass questions or task/split, not both")
+        items = [generic_item("questions", i, row, need_answer=False) for i, row in enumerate(questions)]
+        for i, item in enumerate(items):
+            if len(item.choices) > spec.num_classes:
+                raise PolarVBLLError(
+                    f"questions:{i}: field 'choices': {len(item.choices)} choices, the run answers {spec.num_classes}"
+                )
+        items = items[: limit or None]
+    else:
+        if task:
+            spec = get_task(task, run.config.template)
+            _check_labels(spec, run.task)
+        spec, items, _ = _restrict(spec, run.task.num_classes, split or run.config.eval_split, limit)
+    spec = replace(spec, num_classes=run.task.num_classes)
+    config = run.config
+    out = predict(
+        run.backbone,
+        run.head,
+        spec,
+        items,
+        config.eval_batch_size,
+        config.max_length,
+        config.seed,
+        n_samples=n_samples,
+        progress=progress,
+    )
+    uncertainty = {k: out[k] for k in ("total", "aleatoric", "epistemic")}
+    return Predictions(list(items), out["probs"], uncertainty, out["scores"], spec.label_words())

@@ -21,8 +21,7 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def reliability_diagram(probs, labels, n_bins: int = 15, title: str = "") -> bytes:
-    """Accuracy vs confidence per equal-width bin (gap to the diagonal shaded), with the confidence histogram."""
+def _reliability_axes(top, bottom, probs, labels, n_bins: int, title: str) -> None:
     p, y = check_probs(probs, labels)
     confidence, correct = p.max(1), (p.argmax(1) == y)
     edges = np.linspace(0, 1, n_bins + 1)
@@ -31,7 +30,6 @@ def reliability_diagram(probs, labels, n_bins: int = 15, title: str = "") -> byt
     acc = np.bincount(bins, weights=correct, minlength=n_bins) / np.maximum(counts, 1)
     conf = np.bincount(bins, weights=confidence, minlength=n_bins) / np.maximum(counts, 1)
     centers, width = (edges[:-1] + edges[1:]) / 2, 1 / n_bins
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.8, 5.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     filled = counts > 0
     top.bar(centers[filled], acc[filled], width=width, edgecolor="black", color="#4c72b0", label="accuracy")
     top.bar(
@@ -53,6 +51,25 @@ def reliability_diagram(probs, labels, n_bins: int = 15, title: str = "") -> byt
     bottom.set_xlabel("confidence (top-class probability)")
     bottom.set_ylabel("share")
     bottom.set_xlim(0, 1)
+
+
+def reliability_diagram(probs, labels, n_bins: int = 15, title: str = "") -> bytes:
+    """Accuracy vs confidence per equal-width bin (gap to the diagonal shaded), with the confidence histogram."""
+    return reliability_diagrams({title: (probs, labels)}, n_bins)
+
+
+def reliability_diagrams(runs: dict[str, tuple], n_bins: int = 15) -> bytes:
+    """Reliability diagrams side by side, one column per ``{title: (probs (N, C), labels (N,))}``."""
+    fig, axes = plt.subplots(
+        2,
+        len(runs),
+        figsize=(4.8 * len(runs), 5.4),
+        sharex=True,
+        squeeze=False,
+        gridspec_kw={"height_ratios": [3, 1]},
+    )
+    for column, (title, (probs, labels)) in enumerate(runs.items()):
+        _reliability_axes(axes[0, column], axes[1, column], probs, labels, n_bins, title)
     return _png(fig)
 
 
@@ -67,6 +84,24 @@ def risk_coverage_plot(probs, labels, title: str = "") -> bytes:
     ax.set_ylim(0, max(0.05, float(risk.max()) * 1.1))
     ax.legend(fontsize=8)
     ax.set_title(title or f"Risk-coverage (AURC {risk.mean():.3f})")
+    return _png(fig)
+
+
+def risk_coverage_curves(runs: dict[str, tuple], title: str = "Risk-coverage") -> bytes:
+    """Risk-coverage curves of several ``{name: (probs, labels)}`` in one plot (lower is better), AURC in the
+    legend."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    top = 0.05
+    for name, (probs, labels) in runs.items():
+        coverage, risk = risk_coverage(probs, labels)
+        ax.plot(coverage, risk, label=f"{name} (AURC {risk.mean():.3f})")
+        top = max(top, float(risk.max()) * 1.1)
+    ax.set_xlabel("coverage (share of examples answered, most confident first)")
+    ax.set_ylabel("risk (error rate)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, top)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
     return _png(fig)
 
 

@@ -58,7 +58,7 @@ PROFILES = {
         eval_limit=200,
         calibration_size=128,
         laplace_samples=128,
-        note="fits one background session on 2 CPU cores",
+        note="a first look: 4 tasks, 1 seed; ≈ 4–5 h on 2 CPU cores, resumable",
     ),
     "cpu-full": Profile(
         tasks=["sst2", *BLOB_TASKS],
@@ -186,7 +186,8 @@ def markdown(name: str, profile: Profile, summary: dict, total: int, done: int, 
     lines = [
         f"# Calibration of fine-tuning methods — profile `{name}` (SmolLM2-135M, dequantized 4-bit GGUF, fp32)",
         "",
-        f"Profile `{name}`: {profile.steps} steps × batch {profile.batch_size}, max length {profile.max_length}, "
+        f"Profile `{name}` ({profile.note}): {profile.steps} steps × batch {profile.batch_size}, "
+        f"max length {profile.max_length}, "
         f"seeds {profile.seeds}, training on "
         + (f"the first {profile.train_limit} examples" if profile.train_limit else "the whole training split")
         + f" after holding out {profile.calibration_size} for temperature scaling (every method trains on the same "

@@ -251,6 +251,17 @@ def _train_sizes(profile: Profile) -> dict[str, int]:
     return {t: len(get_task(t).load("train")) - profile.calibration_size for t in profile.tasks}
 
 
+def recorded_cells(name: str, profile: Profile) -> dict:
+    """The cells of ``benchmarks/results/calibration_<name>.json`` if it was written with this same profile."""
+    path = RESULTS / f"calibration_{name}.json"
+    if not path.exists():
+        return {}
+    recorded = json.loads(path.read_text())
+    settings = {k: v for k, v in recorded["profile"].items() if k not in ("name", "note")}
+    current = {k: v for k, v in asdict(profile).items() if k != "note"}
+    return recorded["cells"] if settings == current else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=list(PROFILES), default="cpu-quick")
@@ -259,6 +270,12 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", help="only these tasks of the profile")
     parser.add_argument("--methods", nargs="+", choices=list(ALL), help="only these methods")
     parser.add_argument("--ablations", action="store_true", help="also run the PoLAR-VBLL ablations")
+    parser.add_argument(
+        "--rebuild-runs",
+        action="store_true",
+        help="retrain selected cells recorded in the results whose run folder is missing here (ood.py needs the "
+        "runs) and say whether they reproduce the recorded metrics",
+    )
     parser.add_argument("--worker", nargs=3, metavar=("TASK", "SEED", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     profile = PROFILES[args.profile]
@@ -279,26 +296,33 @@ def main() -> None:
         source = ALL[key.rsplit("/", 1)[1]][2]
         if source and key.rsplit("/", 1)[0] + f"/{source}" not in keys:
             raise SystemExit(f"{key} refines {source}: add --methods {source!r}")
-    cells = {}  # every finished cell of the profile, also those outside this invocation's selection
+    # every finished cell of the profile, also those outside this invocation's selection: first those recorded in
+    # the committed results (the run folders are not committed), then those in the run folders
+    cells = recorded_cells(args.profile, profile)
     for path in sorted(runs.glob("*/seed*/*/cell.json")):
         entry = json.loads(path.read_text())
         cells[entry["key"]] = entry
     bar = tqdm(keys, desc=f"calibration {args.profile}")
     for key in bar:
-        if key in cells:
-            continue
         task, seed, method = key.split("/")
+        folder = cell_dir(runs, task, int(seed), method)
+        if key in cells and not (args.rebuild_runs and not (folder / "cell.json").exists()):
+            continue
+        recorded = cells.get(key)
         bar.set_postfix_str(key)
         start = time.perf_counter()
         flags = [f"--profile={args.profile}", f"--runs={runs}", f"--model={args.model}"]
         result = run_worker(__file__, *flags, "--worker", task, seed, method)
         entry = {"key": key, "wall_s": time.perf_counter() - start, **result}
-        atomic_write_json(cell_dir(runs, task, int(seed), method) / "cell.json", entry)
+        atomic_write_json(folder / "cell.json", entry)
         cells[key] = entry
         m = result["metrics"]
         tqdm.write(
             f"{key}: acc {m['cls/acc']:.4f} ece {m['cal/ece']:.4f} nll {m['cls/nll']:.4f} ({entry['wall_s']:.0f} s)"
         )
+        if recorded:
+            worst = max(abs(recorded["metrics"][k] - m[k]) for k in METRICS)
+            tqdm.write(f"  rebuilt: largest difference to the recorded ACC/ECE/NLL {worst:.2e}")
     summary = summarize(cells, profile)
     machine = machine_info()
     command = f"python benchmarks/calibration.py --profile {args.profile}"

@@ -2,8 +2,10 @@
 ARC-C, ARC-E, MMLU chemistry and MMLU physics: ACC / ECE / NLL there, and how well each criterion separates
 OBQA validation (in-distribution, the positive class) from each shifted set: AUROC and FPR95.
 
-Runs ``benchmarks/calibration.py --profile P --tasks obqa`` first if its OBQA cells are missing. Each method is
-evaluated in a fresh process and reused once ``<cell>/ood/ood.json`` exists. Writes
+With ``--train``, runs ``benchmarks/calibration.py --profile P --tasks obqa --rebuild-runs`` first: it trains the
+OBQA cells that are missing, and retrains those recorded in the results whose run folder is not on this machine.
+Each method is evaluated in a fresh process and reused once ``<cell>/ood/ood.json`` exists (or recorded in the
+results with the same ``--limit``). Writes
 ``benchmarks/results/ood_<profile>.{json,md}``.
 
     python benchmarks/ood.py --profile cpu-quick --limit 100
@@ -109,15 +111,18 @@ def main() -> None:
     runs = Path(args.runs or f"runs/calibration/{args.profile}")
     if args.train:
         calibration = str(Path(__file__).parent / "calibration.py")
-        flags = [f"--profile={args.profile}", f"--runs={runs}", "--tasks", ID_TASK]
+        flags = [f"--profile={args.profile}", f"--runs={runs}", "--rebuild-runs", "--tasks", ID_TASK]
         subprocess.run([sys.executable, calibration, *flags], check=True)
     seed = PROFILES[args.profile].seeds[0]
+    results = RESULTS / f"ood_{args.profile}.json"
+    recorded = json.loads(results.read_text()) if results.exists() else {}
+    recorded = recorded.get("rows", {}) if recorded.get("limit") == args.limit else {}  # the runs aren't committed
     rows, missing = {}, []
     for method in tqdm(METHODS, desc=f"ood {args.profile}"):
         run = cell_dir(runs, ID_TASK, seed, method)
         done = run / "ood" / "ood.json"
-        if done.exists():
-            rows[method] = json.loads(done.read_text())
+        if done.exists() or method in recorded:
+            rows[method] = json.loads(done.read_text()) if done.exists() else recorded[method]
             continue
         if args.no_run or not (run / "cell.json").exists():
             missing.append(method)
@@ -132,7 +137,7 @@ def main() -> None:
     machine = machine_info()
     command = f"python benchmarks/ood.py --profile {args.profile}" + (f" --limit {args.limit}" if args.limit else "")
     atomic_write_json(
-        RESULTS / f"ood_{args.profile}.json",
+        results,
         {"command": command, "profile": args.profile, "limit": args.limit, "machine": machine, "rows": rows},
     )
     text = markdown(args.profile, args.limit, rows, missing, command, machine)

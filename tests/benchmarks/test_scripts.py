@@ -1,5 +1,6 @@
 """The benchmark scripts' own logic: table summaries, FLOP counts and a GPU-throughput step on a tiny CPU model."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -62,3 +63,17 @@ def test_gpu_throughput_step_runs_on_a_tiny_bf16_model(method):
     result = gpu_throughput.measure(method, "tiny", "cpu", steps=4, warmup=2, batch=2, seq_len=16)
     phases = {"LoRA-MAP": {"joint"}, "PoLAR-VBLL": {"head", "adapter"}}[method]
     assert set(result["phases"]) == phases and result["tokens_per_s"] > 0 and result["flops_per_s"] > 0
+
+
+def test_calibration_keeps_the_cells_recorded_with_the_same_profile(tmp_path, monkeypatch):
+    from dataclasses import asdict, replace
+
+    monkeypatch.setattr(calibration, "RESULTS", tmp_path)
+    profile = calibration.PROFILES["smoke"]
+    cells = {"sst2/0/MAP": _cell("sst2/0/MAP", 0.8, 0.1, 0.4)}
+    assert calibration.recorded_cells("smoke", profile) == {}
+    recorded = {"profile": {"name": "smoke", **asdict(profile)}, "cells": cells}
+    (tmp_path / "calibration_smoke.json").write_text(json.dumps(recorded))
+    assert calibration.recorded_cells("smoke", profile) == cells
+    assert calibration.recorded_cells("smoke", replace(profile, note="reworded")) == cells
+    assert calibration.recorded_cells("smoke", replace(profile, steps=profile.steps + 1)) == {}

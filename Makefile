@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test notebooks lint clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Re-execute the notebooks in their normal setting and save them with outputs (~42 min on 2 CPU cores).
+notebooks: $(STAMP)
+	$(BIN)/python scripts/make_notebooks.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -4,6 +4,7 @@ PoLAR adapters feed a variational Bayesian last layer; calibration and OOD metri
 """
 
 from .data import get_task, list_tasks
+from .errors import PolarVBLLError
 from .evaluation import EvalResult, evaluate
 from .models import load_backbone, prepare_embedded
 from .train import FitConfig, FitResult, Predictions, evaluate_run, fit, load_run, predict_run, refine
@@ -12,6 +13,7 @@ __all__ = [
     "EvalResult",
     "FitConfig",
     "FitResult",
+    "PolarVBLLError",
     "Predictions",
     "evaluate",
     "evaluate_run",

@@ -56,3 +56,19 @@ def test_bad_questions_name_the_question_and_field(run):
         predict_run(run, QUESTIONS).rows(order_by="nope")
     with pytest.raises(PolarVBLLError, match="not both"):
         predict_run(run, QUESTIONS, split="validation")
+
+
+@pytest.mark.parametrize(
+    "label_words, shown",
+    [([" A", " B"], ["B: yes", "A: no"]), ([" no", " yes"], ["yes", "no"])],
+    ids=["letters", "label-is-the-choice"],
+)
+def test_rows_name_a_choice_by_its_label_only_where_the_label_differs(label_words, shown):
+    from polar_vbll.data import MCItem
+    from polar_vbll.train import Predictions
+
+    item = MCItem("0", "Is red a colour?", ("no", "yes"), 0)
+    zeros = np.zeros(1)
+    predictions = Predictions([item], np.array([[0.3, 0.7]]), {"total": zeros}, {"msp": zeros}, label_words)
+    row = predictions.rows()[0]
+    assert [row["predicted"], row["answer"]] == shown

@@ -105,8 +105,8 @@ def risk_coverage_curves(runs: dict[str, tuple], title: str = "Risk-coverage") -
     return _png(fig)
 
 
-def score_histograms(id_scores, ood_scores: dict[str, np.ndarray], criterion: str) -> bytes:
-    """Distribution of one criterion's ID score on the ID set and on each OOD set."""
+def score_histograms(id_scores, ood_scores: dict[str, np.ndarray], criterion: str, title: str = "") -> bytes:
+    """Distribution of one criterion's ID score on the ID set (N,) and on each OOD set ``{name: (M,)}``."""
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     everything = np.concatenate([id_scores, *ood_scores.values()])
     bins = np.linspace(everything.min(), everything.max() + 1e-9, 30)
@@ -116,11 +116,12 @@ def score_histograms(id_scores, ood_scores: dict[str, np.ndarray], criterion: st
     ax.set_xlabel(f"{criterion} score (higher = more in-distribution)")
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
-    ax.set_title(f"ID vs OOD: {criterion}")
+    ax.set_title(title or f"ID vs OOD: {criterion}")
     return _png(fig)
 
 
-def roc_curves(id_scores, ood_scores: dict[str, np.ndarray], criterion: str) -> bytes:
+def roc_curves(id_scores, ood_scores: dict[str, np.ndarray], criterion: str, title: str = "") -> bytes:
+    """ROC curve of one criterion per OOD set ``{name: (M,)}`` against the ID set (N,), ID the positive class."""
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
     for name, scores in ood_scores.items():
         is_id = np.concatenate([np.ones(len(id_scores)), np.zeros(len(scores))])
@@ -130,7 +131,7 @@ def roc_curves(id_scores, ood_scores: dict[str, np.ndarray], criterion: str) -> 
     ax.set_xlabel("false positive rate (OOD taken as ID)")
     ax.set_ylabel("true positive rate (ID kept)")
     ax.legend(fontsize=8)
-    ax.set_title(f"ROC, ID = positive: {criterion}")
+    ax.set_title(title or f"ROC, ID = positive: {criterion}")
     return _png(fig)
 
 

@@ -54,17 +54,22 @@ class Predictions:
             if values is None:
                 raise PolarVBLLError(f"order_by: one of confidence, {', '.join(self.uncertainty)}; got {order_by!r}")
             order = np.argsort(-values, kind="stable")
+
+        def choice(item: MCItem, index: int) -> str:  # "B: positive", or "positive" where the label is the text
+            word, text = self.label_words[index].strip(), item.choices[index]
+            return text if word == text.strip() else f"{word}: {text}"
+
         rows = []
         for i in order[:top]:
-            item, choice = self.items[i], int(self.predicted[i])
+            item = self.items[i]
             row = {
                 "question": item.question,
-                "predicted": f"{self.label_words[choice].strip()}: {item.choices[choice]}",
+                "predicted": choice(item, int(self.predicted[i])),
                 "confidence": float(self.confidence[i]),
                 **{k: float(v[i]) for k, v in self.uncertainty.items()},
             }
             if item.answer >= 0:
-                row["answer"] = f"{self.label_words[item.answer].strip()}: {item.choices[item.answer]}"
+                row["answer"] = choice(item, item.answer)
             rows.append(row)
         return rows
 

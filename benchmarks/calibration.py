@@ -306,7 +306,8 @@ def main() -> None:
     for key in bar:
         task, seed, method = key.split("/")
         folder = cell_dir(runs, task, int(seed), method)
-        if key in cells and not (args.rebuild_runs and not (folder / "cell.json").exists()):
+        run_here = (folder / "cell.json").exists()
+        if key in cells and (run_here or not args.rebuild_runs):
             continue
         recorded = cells.get(key)
         bar.set_postfix_str(key)

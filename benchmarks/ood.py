@@ -2,8 +2,9 @@
 ARC-C, ARC-E, MMLU chemistry and MMLU physics: ACC / ECE / NLL there, and how well each criterion separates
 OBQA validation (in-distribution, the positive class) from each shifted set: AUROC and FPR95.
 
-With ``--train``, runs ``benchmarks/calibration.py --profile P --tasks obqa --rebuild-runs`` first: it trains the
-OBQA cells that are missing, and retrains those recorded in the results whose run folder is not on this machine.
+With ``--train``, runs ``benchmarks/calibration.py --profile P --tasks obqa --rebuild-runs --methods ...`` first for
+the methods not evaluated yet (and the runs they refine): it trains the OBQA cells that are missing, and retrains
+those recorded in the calibration results whose run folder is not on this machine.
 Each method is evaluated in a fresh process and reused once ``<cell>/ood/ood.json`` exists (or recorded in the
 results with the same ``--limit``). Writes
 ``benchmarks/results/ood_<profile>.{json,md}``.
@@ -42,6 +43,12 @@ def worker(run: Path, limit: int | None) -> dict:
         },
         "best_criterion": report["ood_best_criterion"],
     }
+
+
+def training_needed(methods: list[str]) -> list[str]:
+    """``methods`` and the runs they refine, in the calibration benchmark's order (a source trains first)."""
+    sources = {METHODS[m][2] for m in methods} - {None}
+    return [m for m in METHODS if m in methods or m in sources]
 
 
 def markdown(profile: str, limit, rows: dict, missing: list[str], command: str, machine: dict) -> str:
@@ -109,14 +116,20 @@ def main() -> None:
     from polar_vbll.atomic import atomic_write_json, atomic_write_text
 
     runs = Path(args.runs or f"runs/calibration/{args.profile}")
-    if args.train:
-        calibration = str(Path(__file__).parent / "calibration.py")
-        flags = [f"--profile={args.profile}", f"--runs={runs}", "--rebuild-runs", "--tasks", ID_TASK]
-        subprocess.run([sys.executable, calibration, *flags], check=True)
     seed = PROFILES[args.profile].seeds[0]
     results = RESULTS / f"ood_{args.profile}.json"
     recorded = json.loads(results.read_text()) if results.exists() else {}
     recorded = recorded.get("rows", {}) if recorded.get("limit") == args.limit else {}  # the runs aren't committed
+
+    def evaluated(method: str) -> bool:
+        return method in recorded or (cell_dir(runs, ID_TASK, seed, method) / "ood" / "ood.json").exists()
+
+    if args.train:
+        needed = training_needed([m for m in METHODS if not evaluated(m)])
+        if needed:
+            calibration = str(Path(__file__).parent / "calibration.py")
+            flags = [f"--profile={args.profile}", f"--runs={runs}", "--rebuild-runs", "--tasks", ID_TASK]
+            subprocess.run([sys.executable, calibration, *flags, "--methods", *needed], check=True)
     rows, missing = {}, []
     for method in tqdm(METHODS, desc=f"ood {args.profile}"):
         run = cell_dir(runs, ID_TASK, seed, method)

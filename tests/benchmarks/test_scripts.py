@@ -1,4 +1,5 @@
-"""The benchmark scripts' own logic: table summaries, FLOP counts and a GPU-throughput step on a tiny CPU model."""
+"""The benchmark scripts' own logic: table summaries, what the OOD table trains, FLOP counts and a GPU-throughput
+step on a tiny CPU model."""
 
 import json
 import sys
@@ -9,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 calibration = pytest.importorskip("calibration")
 gpu_throughput = pytest.importorskip("gpu_throughput")
+ood = pytest.importorskip("ood")
 
 
 def _cell(key, acc, ece, nll):
@@ -77,3 +79,9 @@ def test_calibration_keeps_the_cells_recorded_with_the_same_profile(tmp_path, mo
     assert calibration.recorded_cells("smoke", profile) == cells
     assert calibration.recorded_cells("smoke", replace(profile, note="reworded")) == cells
     assert calibration.recorded_cells("smoke", replace(profile, steps=profile.steps + 1)) == {}
+
+
+def test_ood_trains_only_what_is_not_evaluated_and_the_runs_it_refines():
+    assert ood.training_needed([]) == []
+    assert ood.training_needed(["TS", "BLoB"]) == ["MAP", "BLoB", "TS"]
+    assert ood.training_needed(["PoLAR-VBLL + LA", "LA"]) == ["MAP", "LA", "PoLAR-VBLL", "PoLAR-VBLL + LA"]

@@ -51,7 +51,7 @@ def test_jensen_loss_and_logit_predictive_equal_the_vbll_package(covariance):
 
 
 @pytest.mark.parametrize("covariance", ["dense", "diagonal", "lowrank"])
-def test_kl_is_exact_and_scales_with_the_regularization_weight(covariance):
+def test_kl_is_exact_splits_into_mean_and_covariance_parts_and_scales_with_the_weight(covariance):
     head = make_head(covariance)
     q = head.guide.distribution()
     prior_mean = head.model.prior_mean
@@ -63,6 +63,14 @@ def test_kl_is_exact_and_scales_with_the_regularization_weight(covariance):
         p_mvn = torch.distributions.MultivariateNormal(prior_mean, head.prior_var * torch.eye(D))
         exact = torch.distributions.kl_divergence(q.base_dist, p_mvn).sum()
     torch.testing.assert_close(head.kl_divergence(), exact, rtol=1e-4, atol=1e-4)
+    mean_part, covariance_part = head.kl_terms()
+    base = q.base_dist
+    covariance_q = torch.diag_embed(base.variance) if covariance == "diagonal" else base.covariance_matrix
+    q_at_prior_mean = torch.distributions.MultivariateNormal(prior_mean, covariance_q)
+    p_mvn = torch.distributions.MultivariateNormal(prior_mean, head.prior_var * torch.eye(D))
+    covariance_only = torch.distributions.kl_divergence(q_at_prior_mean, p_mvn).sum()
+    torch.testing.assert_close(covariance_part, covariance_only, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mean_part + covariance_part, exact, rtol=1e-4, atol=1e-4)
     x, y = torch.randn(5, D), torch.randint(0, C, (5,))
     data_term = -head.jensen_bound(x, y).mean()
     regularizer = head.wishart_term() - head.kl_divergence()

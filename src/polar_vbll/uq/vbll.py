@@ -249,12 +249,18 @@ class VBLLHead(UQHead):
             return torch.zeros(self.num_classes, device=self.guide.mean.device)
         return (2 * self.noise_log_std).exp()
 
-    def kl_divergence(self) -> torch.Tensor:
-        """KL(q(W) ‖ p(W)), exact (constants included)."""
+    def kl_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two parts of KL(q ‖ p): the mean's, ½ Σ_k ‖w̄_k − m_k‖² / s₀, and the covariance's,
+        ½ Σ_k [tr(S_k) / s₀ + d log s₀ − log|S_k| − d] (0 when S_k = s₀ I)."""
         trace, logdet = self.guide.trace_and_logdet()
         s0, d, c = self.prior_var, self.in_features, self.num_classes
         shift = (self.guide.mean - self.model.prior_mean).pow(2).sum()
-        return 0.5 * (shift / s0 + trace / s0 + c * d * math.log(s0) - logdet - c * d)
+        return 0.5 * shift / s0, 0.5 * (trace / s0 + c * d * math.log(s0) - logdet - c * d)
+
+    def kl_divergence(self) -> torch.Tensor:
+        """KL(q(W) ‖ p(W)), exact (constants included)."""
+        mean_part, covariance_part = self.kl_terms()
+        return mean_part + covariance_part
 
     def wishart_term(self) -> torch.Tensor:
         """log-density (up to a constant) of the Wishart prior on the noise precision; 0 without noise."""
@@ -346,7 +352,13 @@ class VBLLHead(UQHead):
 
     def loss(self, features, labels, choice_mask=None):
         loss = self.forward(features, choice_mask).train_loss_fn(labels)
-        return loss, {"kl": self.kl_divergence().item(), "noise_var": self.noise_var().mean().item()}
+        mean_part, covariance_part = self.kl_terms()
+        return loss, {
+            "kl": (mean_part + covariance_part).item(),
+            "kl_mean": mean_part.item(),
+            "kl_cov": covariance_part.item(),
+            "noise_var": self.noise_var().mean().item(),
+        }
 
     def sample_logits(self, features, n_samples, choice_mask=None, generator=None):
         return self.forward(features, choice_mask).sample_logits(n_samples, generator)

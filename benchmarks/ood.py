@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--profile", choices=list(PROFILES), default="cpu-quick")
     parser.add_argument("--runs", help="the calibration benchmark's cell folders (default runs/calibration/<profile>)")
     parser.add_argument("--limit", type=int, help="first N examples of the ID set and of each OOD set")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="evaluate only these (the table keeps all)")
     parser.add_argument("--train", action="store_true", help="train the missing OBQA runs first")
     parser.add_argument("--no-run", action="store_true", help="only write the table of the methods evaluated so far")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -121,11 +122,13 @@ def main() -> None:
     recorded = json.loads(results.read_text()) if results.exists() else {}
     recorded = recorded.get("rows", {}) if recorded.get("limit") == args.limit else {}  # the runs aren't committed
 
+    selected = args.methods or list(METHODS)
+
     def evaluated(method: str) -> bool:
         return method in recorded or (cell_dir(runs, ID_TASK, seed, method) / "ood" / "ood.json").exists()
 
     if args.train:
-        needed = training_needed([m for m in METHODS if not evaluated(m)])
+        needed = training_needed([m for m in selected if not evaluated(m)])
         if needed:
             calibration = str(Path(__file__).parent / "calibration.py")
             flags = [f"--profile={args.profile}", f"--runs={runs}", "--rebuild-runs", "--tasks", ID_TASK]
@@ -137,7 +140,7 @@ def main() -> None:
         if done.exists() or method in recorded:
             rows[method] = json.loads(done.read_text()) if done.exists() else recorded[method]
             continue
-        if args.no_run or not (run / "cell.json").exists():
+        if args.no_run or method not in selected or not (run / "cell.json").exists():
             missing.append(method)
             continue
         start = time.perf_counter()

@@ -115,6 +115,9 @@ ABLATIONS = {
     "PoLAR-VBLL diagonal": ("polar", "vbll", None, {}, {"vbll": {"covariance": "diagonal"}}),
     "PoLAR-VBLL landing": ("polar", "vbll", None, {}, {"optimizer": "landing"}),
     "LoRA-VBLL": ("lora", "vbll", None, {}, {}),
+    "PoLAR-VBLL prior cov": ("polar", "vbll", None, {}, {"vbll": {"cov_init": "prior"}}),
+    "PoLAR-VBLL head lr 1e-2": ("polar", "vbll", None, {}, {"lr_head": 1e-2}),
+    "PoLAR-VBLL prior cov, head lr 1e-2": ("polar", "vbll", None, {}, {"vbll": {"cov_init": "prior"}, "lr_head": 1e-2}),
 }
 ALL = {**METHODS, **ABLATIONS}
 METRICS = {"cls/acc": "ACC ↑", "cal/ece": "ECE ↓", "cls/nll": "NLL ↓"}
@@ -221,7 +224,9 @@ def markdown(name: str, profile: Profile, summary: dict, total: int, done: int, 
             "",
             "joint: adapter and head updated together every step instead of alternating (the adapter then gets "
             "every step, not every other); diagonal: diagonal instead of dense head covariance; landing: the "
-            "landing optimizer instead of geoopt's Riemannian Adam; LoRA-VBLL: LoRA instead of PoLAR.",
+            "landing optimizer instead of geoopt's Riemannian Adam; LoRA-VBLL: LoRA instead of PoLAR; prior cov: the "
+            "head's posterior covariance starts at the prior s₀ I instead of vbll's standard deviations 1/d; head lr "
+            "1e-2: ten times the head's learning rate (mean, covariance and noise).",
             "",
             "| run | " + " | ".join(ablated) + " |",
             "|---|" + "---|" * len(ablated),

@@ -105,6 +105,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="first N examples of the ID set and of each OOD set")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="evaluate only these (the table keeps all)")
     parser.add_argument("--train", action="store_true", help="train the missing OBQA runs first")
+    parser.add_argument(
+        "--reevaluate",
+        action="store_true",
+        help="evaluate the --methods again although they are recorded (after a change in how they score)",
+    )
     parser.add_argument("--no-run", action="store_true", help="only write the table of the methods evaluated so far")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -123,6 +128,12 @@ def main() -> None:
     recorded = recorded.get("rows", {}) if recorded.get("limit") == args.limit else {}  # the runs aren't committed
 
     selected = args.methods or list(METHODS)
+    if args.reevaluate:
+        if not args.methods:
+            raise SystemExit("--reevaluate needs --methods")
+        recorded = {m: row for m, row in recorded.items() if m not in selected}
+        for method in selected:
+            (cell_dir(runs, ID_TASK, seed, method) / "ood" / "ood.json").unlink(missing_ok=True)
 
     def evaluated(method: str) -> bool:
         return method in recorded or (cell_dir(runs, ID_TASK, seed, method) / "ood" / "ood.json").exists()

@@ -104,6 +104,33 @@ def test_untrained_head_reproduces_the_point_logits():
     assert (probs.argmax(-1) == (x @ weight.T).argmax(-1)).all()
 
 
+@pytest.mark.parametrize("covariance", ["dense", "diagonal", "lowrank"])
+def test_covariance_initialization(covariance):
+    torch.manual_seed(0)
+    weight, x = torch.randn(C, D), torch.randn(4, D)
+    vbll_init = VBLLHead(weight, N, VBLLConfig(covariance=covariance))
+    at_prior = VBLLHead(weight, N, VBLLConfig(covariance=covariance, cov_init="prior"))
+    # vbll's: standard deviations 1/d, so the logit variance is ‖φ‖² / d² plus the noise
+    noise = vbll_init.noise_var()
+    torch.testing.assert_close(
+        vbll_init.logit_moments(x)[1] - noise, x.pow(2).sum(-1, keepdim=True).expand(4, C) / D**2, rtol=0.02, atol=1e-6
+    )
+    # the prior's: S_k = s₀ I, so the covariance part of the KL starts at (almost) 0 and φᵀSφ = s₀ ‖φ‖²
+    ratio = 1 / (D**2 * vbll_init.prior_var)  # per-entry variance ÷ prior variance
+    expected_kl = 0.5 * C * D * (ratio - 1 - math.log(ratio))
+    assert vbll_init.kl_terms()[1].item() == pytest.approx(expected_kl, rel=0.01)
+    assert abs(at_prior.kl_terms()[1].item()) < 1e-2 * C * D
+    torch.testing.assert_close(
+        at_prior.logit_moments(x)[1] - noise,
+        at_prior.prior_var * x.pow(2).sum(-1, keepdim=True).expand(4, C),
+        rtol=0.02,
+        atol=1e-6,
+    )
+    torch.testing.assert_close(at_prior.logit_moments(x)[0], vbll_init.logit_moments(x)[0])  # same mean
+    with pytest.raises(PolarVBLLError, match="cov_init must be one of vbll, prior"):
+        VBLLConfig(cov_init="zero")
+
+
 def test_masked_choices_get_no_probability():
     head = make_head("dense")
     mask = torch.tensor([[True, True, False]] * 4)
@@ -113,6 +140,37 @@ def test_masked_choices_get_no_probability():
         assert (probs[:, 2] == 0).all() and torch.allclose(probs.sum(-1), torch.ones(4))
     loss = out.train_loss_fn(torch.tensor([0, 1, 0, 1]))
     assert torch.isfinite(loss)
+
+
+def test_weight_samples_leave_the_logit_noise_to_the_aleatoric_part():
+    torch.manual_seed(0)
+    head = VBLLHead(torch.randn(C, D), N, VBLLConfig(covariance="diagonal"))
+    x = torch.randn(64, D)
+    with torch.no_grad():
+        head.guide.log_diag.fill_(-30.0)  # the weights are known: all spread is the logit noise σ² = e⁻¹
+        head.noise_log_std.fill_(-0.5)
+    noisy = head(x).sample_logits(4000, torch.Generator().manual_seed(1))
+    weights_only = head.sample_logits(x, 4000, generator=torch.Generator().manual_seed(1))
+    assert uncertainty_decomposition(torch.softmax(noisy, -1))["epistemic"].mean() > 0.02  # noise taken for epistemic
+    parts = uncertainty_decomposition(torch.softmax(weights_only, -1))
+    assert parts["epistemic"].max() < 1e-6
+    # the noise is marginalized (probit approximation), so the predictive is still the noisy one's
+    torch.testing.assert_close(
+        torch.softmax(weights_only, -1).mean(1), torch.softmax(noisy, -1).mean(1), atol=0.02, rtol=0
+    )
+
+
+@pytest.mark.parametrize("covariance", ["dense", "diagonal"])
+def test_weight_samples_equal_the_logit_samples_without_noise_and_draw_as_many_normals(covariance):
+    head = make_head(covariance, logit_noise=False)
+    x = torch.randn(5, D)
+    first, second = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    out = head(x)
+    torch.testing.assert_close(out.weight_logit_samples(7, first), out.sample_logits(7, second))
+    noisy = make_head(covariance)(x)
+    noisy.weight_logit_samples(7, first)
+    noisy.sample_logits(7, second)
+    assert torch.equal(first.get_state(), second.get_state())  # runs stay reproducible across batches
 
 
 def test_uncertainty_decomposition():

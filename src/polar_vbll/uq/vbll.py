@@ -49,6 +49,11 @@ class VBLLConfig:
     prior_mean: Literal["init", "zero"] = _help(
         "prior mean: the initial head (the pretrained label rows) or zero (vbll's choice)", "init"
     )
+    cov_init: Literal["vbll", "prior"] = _help(
+        "initial posterior covariance: vbll's (standard deviations 1/d) or the prior's s₀ I (the covariance part of "
+        "the KL starts at 0)",
+        "vbll",
+    )
     logit_noise: bool = _help("learn Gaussian logit noise σ² with a Wishart prior (as vbll)", True)
     wishart_scale: float = _help("scale of the Wishart prior on the noise precision", 1.0)
     dof: float = _help("degrees of freedom of the Wishart prior", 1.0)
@@ -63,6 +68,7 @@ class VBLLConfig:
             "objective": ("jensen", "mc"),
             "predictive": ("mc", "probit"),
             "prior_mean": ("init", "zero"),
+            "cov_init": ("vbll", "prior"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -91,13 +97,14 @@ def _noise_site(features: torch.Tensor, noise_scale: torch.Tensor) -> torch.Tens
 class VBLLGuide(PyroModule):
     """The variational posterior q(W): mean (C, d) and the covariance factors of ``covariance``."""
 
-    def __init__(self, mean: torch.Tensor, covariance: Covariance, cov_rank: int = 4):
+    def __init__(self, mean: torch.Tensor, covariance: Covariance, cov_rank: int = 4, init_std: float | None = None):
         super().__init__()
         num_classes, d = mean.shape
         self.covariance = covariance
         self.mean = nn.Parameter(mean.clone().float())
-        # log of the Cholesky diagonal (dense) or of the standard deviations (diagonal, lowrank)
-        self.log_diag = nn.Parameter(1e-3 * torch.randn(num_classes, d) - math.log(d))
+        # log of the Cholesky diagonal (dense) or of the standard deviations (diagonal, lowrank); vbll's 1/d default
+        log_std = math.log(init_std) if init_std is not None else -math.log(d)
+        self.log_diag = nn.Parameter(1e-3 * torch.randn(num_classes, d) + log_std)
         if covariance == "dense":
             self.offdiag = nn.Parameter(1e-3 * torch.randn(num_classes, d, d) / d)
         elif covariance == "lowrank":
@@ -182,19 +189,30 @@ class VBLLOutput:
     """What the head returns for a batch: Gaussian logits, its loss function and its predictive (vbll-style)."""
 
     logit_mean: torch.Tensor  # (B, C)
-    logit_var: torch.Tensor  # (B, C)
+    logit_var: torch.Tensor  # (B, C), φᵀ S_k φ + σ_k²
     train_loss_fn: Callable[[torch.Tensor], torch.Tensor]
     choice_mask: torch.Tensor | None = None
+    noise_var: torch.Tensor | None = None  # (C,) the logit noise σ² inside logit_var
+
+    def _standard_normal(self, n_samples: int, generator: torch.Generator | None) -> torch.Tensor:
+        shape = (self.logit_mean.shape[0], n_samples, self.logit_mean.shape[1])
+        return torch.randn(shape, generator=generator, dtype=self.logit_mean.dtype, device=self.logit_mean.device)
 
     def sample_logits(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, S, C) logit samples; masked classes are -inf."""
-        eps = torch.randn(
-            (self.logit_mean.shape[0], n_samples, self.logit_mean.shape[1]),
-            generator=generator,
-            dtype=self.logit_mean.dtype,
-            device=self.logit_mean.device,
-        )
-        return self.logit_mean[:, None] + eps * self.logit_var.sqrt()[:, None]
+        """(B, S, C) samples of the noisy logits z = Wφ + ε; masked classes are -inf."""
+        return self.logit_mean[:, None] + self._standard_normal(n_samples, generator) * self.logit_var.sqrt()[:, None]
+
+    def weight_logit_samples(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, S, C) logits whose softmax is p(y | x, W_s) for S posterior draws W_s of the weights alone.
+
+        The logit noise ε is part of the likelihood (aleatoric): it is marginalized in closed form by the probit
+        approximation E_ε softmax(u + ε) ≈ softmax(u / √(1 + π σ² / 8)), so that the spread of these samples, and
+        the mutual information computed from them, is the weights' (epistemic) alone.
+        """
+        noise = self.noise_var if self.noise_var is not None else torch.zeros_like(self.logit_mean[0])
+        weight_std = (self.logit_var - noise).clamp_min(0.0).sqrt()
+        draws = self.logit_mean[:, None] + self._standard_normal(n_samples, generator) * weight_std[:, None]
+        return draws / torch.sqrt(1 + math.pi * noise / 8)
 
     def predictive(
         self, method: Literal["mc", "probit"] = "mc", n_samples: int = 1000, generator: torch.Generator | None = None
@@ -223,7 +241,8 @@ class VBLLHead(UQHead):
         self.n_train = n_train
         self.regularization_weight = 1.0 / n_train
         self.prior_var = config.prior_scale * 2.0 / self.in_features
-        self.guide = VBLLGuide(init_weight.detach(), config.covariance, config.cov_rank)
+        init_std = self.prior_var**0.5 if config.cov_init == "prior" else None
+        self.guide = VBLLGuide(init_weight.detach(), config.covariance, config.cov_rank, init_std)
         # Centering the prior on the pretrained rows (default) makes the KL pull towards the zero-shot head rather
         # than towards 0 (for SmolLM2's label rows the mean part of a zero-centered KL is ~3·10³ nats).
         prior_mean = init_weight.detach().float() if config.prior_mean == "init" else torch.zeros_like(init_weight)
@@ -318,7 +337,7 @@ class VBLLHead(UQHead):
                 return self.mc_loss(features, labels, choice_mask)
             return self.jensen_loss(features, labels, choice_mask)
 
-        return VBLLOutput(mean, var, loss_fn, choice_mask)
+        return VBLLOutput(mean, var, loss_fn, choice_mask, self.noise_var())
 
     @torch.no_grad()
     def laplace_(
@@ -361,7 +380,9 @@ class VBLLHead(UQHead):
         }
 
     def sample_logits(self, features, n_samples, choice_mask=None, generator=None):
-        return self.forward(features, choice_mask).sample_logits(n_samples, generator)
+        """Logits of the weight draws, the logit noise marginalized (see ``VBLLOutput.weight_logit_samples``): the
+        samples' spread, and so the epistemic part and the sample-based OOD criteria, is the weights' alone."""
+        return self.forward(features, choice_mask).weight_logit_samples(n_samples, generator)
 
     def point_logits(self, features, choice_mask=None):
         return self.forward(features, choice_mask).logit_mean

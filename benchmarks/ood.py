@@ -51,6 +51,13 @@ def training_needed(methods: list[str]) -> list[str]:
     return [m for m in METHODS if m in methods or m in sources]
 
 
+def forget(recorded: dict, methods: list[str], runs: Path, seed: int) -> dict:
+    """The recorded rows without ``methods``, whose saved evaluations (``<cell>/ood/ood.json``) are deleted too."""
+    for method in methods:
+        (cell_dir(runs, ID_TASK, seed, method) / "ood" / "ood.json").unlink(missing_ok=True)
+    return {m: row for m, row in recorded.items() if m not in methods}
+
+
 def markdown(profile: str, limit, rows: dict, missing: list[str], command: str, machine: dict) -> str:
     first = next(iter(rows.values()), None)
     sizes = ", ".join(f"{name} {e['n']}/{e['n_total']}" for name, e in first["ood"].items()) if first else ""
@@ -131,9 +138,7 @@ def main() -> None:
     if args.reevaluate:
         if not args.methods:
             raise SystemExit("--reevaluate needs --methods")
-        recorded = {m: row for m, row in recorded.items() if m not in selected}
-        for method in selected:
-            (cell_dir(runs, ID_TASK, seed, method) / "ood" / "ood.json").unlink(missing_ok=True)
+        recorded = forget(recorded, selected, runs, seed)
 
     def evaluated(method: str) -> bool:
         return method in recorded or (cell_dir(runs, ID_TASK, seed, method) / "ood" / "ood.json").exists()

@@ -85,3 +85,13 @@ def test_ood_trains_only_what_is_not_evaluated_and_the_runs_it_refines():
     assert ood.training_needed([]) == []
     assert ood.training_needed(["TS", "BLoB"]) == ["MAP", "BLoB", "TS"]
     assert ood.training_needed(["PoLAR-VBLL + LA", "LA"]) == ["MAP", "LA", "PoLAR-VBLL", "PoLAR-VBLL + LA"]
+
+
+def test_ood_reevaluation_forgets_the_recorded_row_and_the_saved_evaluation(tmp_path):
+    saved = {m: calibration.cell_dir(tmp_path, ood.ID_TASK, 0, m) / "ood" / "ood.json" for m in ("MAP", "PoLAR-VBLL")}
+    for path in saved.values():
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+    kept = ood.forget({"MAP": {"a": 1}, "PoLAR-VBLL": {"b": 2}}, ["PoLAR-VBLL"], tmp_path, 0)
+    assert kept == {"MAP": {"a": 1}}
+    assert saved["MAP"].exists() and not saved["PoLAR-VBLL"].exists()

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 calibration = pytest.importorskip("calibration")
 gpu_throughput = pytest.importorskip("gpu_throughput")
 ood = pytest.importorskip("ood")
+vbll_variance = pytest.importorskip("vbll_variance")
 
 
 def _cell(key, acc, ece, nll):
@@ -95,3 +96,21 @@ def test_ood_reevaluation_forgets_the_recorded_row_and_the_saved_evaluation(tmp_
     kept = ood.forget({"MAP": {"a": 1}, "PoLAR-VBLL": {"b": 2}}, ["PoLAR-VBLL"], tmp_path, 0)
     assert kept == {"MAP": {"a": 1}}
     assert saved["MAP"].exists() and not saved["PoLAR-VBLL"].exists()
+
+
+def test_vbll_variance_parts_of_an_untrained_head_and_of_one_at_the_prior():
+    import torch
+
+    from polar_vbll.uq import VBLLConfig, VBLLHead
+
+    torch.manual_seed(0)
+    features, weight = torch.randn(50, 16) * 3, torch.randn(2, 16)
+    fresh = vbll_variance.variance_parts(VBLLHead(weight, 10), features)
+    assert fresh["weight_var"] == pytest.approx(fresh["weight_var_at_vbll_init"], rel=0.01)
+    assert fresh["noise_var"] == pytest.approx(torch.tensor(-2.0).exp().item(), rel=1e-6)
+    assert fresh["weight_share"] == pytest.approx(
+        fresh["weight_var"] / (fresh["weight_var"] + fresh["noise_var"]), rel=0.05
+    )
+    at_prior = vbll_variance.variance_parts(VBLLHead(weight, 10, VBLLConfig(cov_init="prior")), features)
+    assert at_prior["weight_var"] == pytest.approx(at_prior["weight_var_at_prior"], rel=0.01)
+    assert at_prior["feature_sq_norm"] == pytest.approx(features.pow(2).sum(-1).median().item())

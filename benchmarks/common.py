@@ -49,6 +49,11 @@ def machine_line(machine: dict) -> str:
     return f"Machine: {machine['cpu']} ({machine['cpus']} CPUs{gpu}), torch {machine['packages']['torch']}."
 
 
+def footer(machine: dict, command: str) -> list[str]:
+    """The closing lines of every results table: the machine and the command that reproduces it."""
+    return ["", machine_line(machine), "", f"Reproduce: `{command}`", ""]
+
+
 def run_worker(script: str, *args: str) -> dict:
     """Run ``script *args`` in a fresh Python process; its last stdout line is the JSON result."""
     out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)

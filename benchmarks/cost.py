@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, inference_times, machine_info, machine_line, peak_rss_mb, run_worker, timed_fit  # noqa: E402
+from common import RESULTS, footer, inference_times, machine_info, peak_rss_mb, run_worker, timed_fit  # noqa: E402
 
 REFERENCE = "MAP-LoRA"
 # name: (adapter, uq, extra FitConfig options); PoLAR-MAP and the landing variant isolate the adapter's cost
@@ -136,7 +136,7 @@ def main() -> None:
             f"{phases} | {row['post_hoc_s']:.1f} | {row['infer_s']:.3f} | {row['infer_s_ratio']:.2f} | "
             f"{row['peak_rss_mb']:.0f} | {row['peak_rss_mb_ratio']:.3f} |"
         )
-    lines += ["", machine_line(machine), "", f"Reproduce: `{command}`", ""]
+    lines += footer(machine, command)
     text = "\n".join(lines)
     atomic_write_text(RESULTS / "cost.md", text)
     print(text)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine_info, machine_line  # noqa: E402
+from common import RESULTS, footer, machine_info  # noqa: E402
 
 SHAPES = {
     "llama-2-7b": dict(
@@ -180,7 +180,7 @@ def main() -> None:
         lines.append(
             f"| {method} | {row['tokens_per_s']:.0f} | {row['tokens_per_s'] / ref:.3f} | {mfu} | {phases} | {memory} |"
         )
-    lines += ["", machine_line(machine), "", f"Reproduce: `{command}`", ""]
+    lines += footer(machine, command)
     text = "\n".join(lines)
     atomic_write_text(Path(args.out + ".md"), text)
     print(text)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from calibration import METHODS, PROFILES, cell_dir  # noqa: E402
-from common import RESULTS, machine_info, machine_line, run_worker  # noqa: E402
+from common import RESULTS, footer, machine_info, run_worker  # noqa: E402
 
 ID_TASK = "obqa"
 OOD_TASKS = ["arc_c", "arc_e", "mmlu_chem", "mmlu_phys"]
@@ -101,7 +101,7 @@ def markdown(profile: str, limit, rows: dict, missing: list[str], command: str, 
             lines.append(f"| {method} | {label} | " + " | ".join(cells) + f" | {mean:.3f} |")
     if missing:
         lines += ["", "Pending (not evaluated yet): " + ", ".join(missing) + "."]
-    lines += ["", machine_line(machine), "", f"Reproduce: `{command}`", ""]
+    lines += footer(machine, command)
     return "\n".join(lines)
 
 

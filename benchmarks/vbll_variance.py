@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine_info, machine_line  # noqa: E402
+from common import RESULTS, footer, machine_info  # noqa: E402
 
 
 def head_features(backbone, task, items, max_length: int, batch_size: int = 16) -> torch.Tensor:
@@ -123,7 +123,7 @@ def main() -> None:
             f"{r['weight_var']:.4f} | {r['noise_var']:.4f} | {r['weight_share']:.2f} | "
             f"{r['weight_var_at_vbll_init']:.4f} | {r['weight_var_at_prior']:.2f} |"
         )
-    lines += ["", machine_line(machine), "", f"Reproduce: `{command}`", ""]
+    lines += footer(machine, command)
     text = "\n".join(lines)
     atomic_write_text(RESULTS / "vbll_variance.md", text)
     print(text)

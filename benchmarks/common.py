@@ -54,6 +54,18 @@ def footer(machine: dict, command: str) -> list[str]:
     return ["", machine_line(machine), "", f"Reproduce: `{command}`", ""]
 
 
+def write_results(stem: Path, data: dict, lines: list[str], machine: dict, command: str) -> str:
+    """``stem.json`` (command, machine and ``data``) and ``stem.md`` (``lines`` and the footer), both atomically;
+    prints and returns the Markdown."""
+    from polar_vbll.atomic import atomic_write_json, atomic_write_text
+
+    atomic_write_json(Path(f"{stem}.json"), {"command": command, "machine": machine, **data})
+    text = "\n".join(lines + footer(machine, command))
+    atomic_write_text(Path(f"{stem}.md"), text)
+    print(text)
+    return text
+
+
 def run_worker(script: str, *args: str) -> dict:
     """Run ``script *args`` in a fresh Python process; its last stdout line is the JSON result."""
     out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)

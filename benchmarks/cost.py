@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, footer, inference_times, machine_info, peak_rss_mb, run_worker, timed_fit  # noqa: E402
+from common import RESULTS, inference_times, machine_info, peak_rss_mb, run_worker, timed_fit, write_results  # noqa: E402
 
 REFERENCE = "MAP-LoRA"
 # name: (adapter, uq, extra FitConfig options); PoLAR-MAP and the landing variant isolate the adapter's cost
@@ -95,8 +95,6 @@ def main() -> None:
 
     from tqdm.auto import tqdm
 
-    from polar_vbll.atomic import atomic_write_json, atomic_write_text
-
     flags = [
         f"--steps={args.steps}",
         f"--warmup={args.warmup}",
@@ -114,7 +112,6 @@ def main() -> None:
             row[f"{key}_ratio"] = row[key] / ref[key]
     machine = machine_info()
     command = "python benchmarks/cost.py " + " ".join(flags)
-    atomic_write_json(RESULTS / "cost.json", {"command": command, "machine": machine, "rows": rows})
     lines = [
         "# Cost of the uncertainty methods (SmolLM2-135M, CPU)",
         "",
@@ -136,10 +133,7 @@ def main() -> None:
             f"{phases} | {row['post_hoc_s']:.1f} | {row['infer_s']:.3f} | {row['infer_s_ratio']:.2f} | "
             f"{row['peak_rss_mb']:.0f} | {row['peak_rss_mb_ratio']:.3f} |"
         )
-    lines += footer(machine, command)
-    text = "\n".join(lines)
-    atomic_write_text(RESULTS / "cost.md", text)
-    print(text)
+    write_results(RESULTS / "cost", {"rows": rows}, lines, machine, command)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, footer, machine_info  # noqa: E402
+from common import RESULTS, machine_info, write_results  # noqa: E402
 
 SHAPES = {
     "llama-2-7b": dict(
@@ -144,8 +144,6 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("gpu_throughput: no CUDA device here (use --device cpu --shape tiny to check the script)")
 
-    from polar_vbll.atomic import atomic_write_json, atomic_write_text
-
     peak = peak_flops(args.device, args.peak_tflops)
     rows = {}
     for method in METHODS:
@@ -158,10 +156,6 @@ def main() -> None:
     command = (
         f"python benchmarks/gpu_throughput.py --shape {args.shape} --device {args.device} --steps {args.steps} "
         f"--warmup {args.warmup} --batch-size {args.batch_size} --seq-len {args.seq_len}"
-    )
-    atomic_write_json(
-        Path(args.out + ".json"),
-        {"command": command, "machine": machine, "peak_flops": peak, "rows": rows},
     )
     lines = [
         f"# Training throughput, {args.shape}-shaped random model, bf16, batch {args.batch_size} × {args.seq_len}",
@@ -180,10 +174,7 @@ def main() -> None:
         lines.append(
             f"| {method} | {row['tokens_per_s']:.0f} | {row['tokens_per_s'] / ref:.3f} | {mfu} | {phases} | {memory} |"
         )
-    lines += footer(machine, command)
-    text = "\n".join(lines)
-    atomic_write_text(Path(args.out + ".md"), text)
-    print(text)
+    write_results(Path(args.out), {"peak_flops": peak, "rows": rows}, lines, machine, command)
 
 
 if __name__ == "__main__":

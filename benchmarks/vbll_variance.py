@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, footer, machine_info  # noqa: E402
+from common import RESULTS, machine_info, write_results  # noqa: E402
 
 
 def head_features(backbone, task, items, max_length: int, batch_size: int = 16) -> torch.Tensor:
@@ -86,7 +86,6 @@ def main() -> None:
     from dataclasses import replace
 
     from polar_vbll import get_task
-    from polar_vbll.atomic import atomic_write_json, atomic_write_text
 
     rows = []
     for run in args.runs:
@@ -104,7 +103,6 @@ def main() -> None:
     machine = machine_info()
     command = "python benchmarks/vbll_variance.py " + " ".join(args.runs)
     command += (" --ood " + " ".join(args.ood) if args.ood else "") + f" --limit {args.limit}"
-    atomic_write_json(RESULTS / "vbll_variance.json", {"command": command, "machine": machine, "rows": rows})
     lines = [
         "# Where the VBLL head's logit variance comes from (SmolLM2-135M, dequantized 4-bit GGUF)",
         "",
@@ -123,10 +121,7 @@ def main() -> None:
             f"{r['weight_var']:.4f} | {r['noise_var']:.4f} | {r['weight_share']:.2f} | "
             f"{r['weight_var_at_vbll_init']:.4f} | {r['weight_var_at_prior']:.2f} |"
         )
-    lines += footer(machine, command)
-    text = "\n".join(lines)
-    atomic_write_text(RESULTS / "vbll_variance.md", text)
-    print(text)
+    write_results(RESULTS / "vbll_variance", {"rows": rows}, lines, machine, command)
 
 
 if __name__ == "__main__":

@@ -59,17 +59,15 @@ def variance_parts(head, features: torch.Tensor) -> dict:
 
 
 def load(run: str):
-    """(backbone, head, task, template, max_length) of a run folder, or of ``zero-shot:<task>`` (vbll's initial
-    head)."""
-    from polar_vbll import get_task, load_backbone, load_run
-    from polar_vbll.data import label_token_ids
-    from polar_vbll.uq import VBLLHead
+    """(backbone, head, task, template, max_length) of a run folder, or of ``zero-shot:<task>`` (the head ``fit``
+    would start from, in front of an untrained PoLAR adapter)."""
+    from polar_vbll import FitConfig, load_run
+    from polar_vbll.train.trainer import build_components
 
     if run.startswith("zero-shot:"):
-        torch.manual_seed(0)
-        backbone, task = load_backbone("smollm2-135m"), get_task(run.split(":", 1)[1])
-        init = backbone.lm_head.weight.detach()[label_token_ids(backbone.tokenizer, task.label_words())]
-        return backbone, VBLLHead(init.clone(), 1000), task, None, 256
+        config = FitConfig(task=run.split(":", 1)[1], adapter="polar", uq="vbll", max_length=256)
+        backbone, task, head = build_components(config)
+        return backbone, head, task, None, config.max_length
     result = load_run(run)
     if result.config.uq != "vbll":
         raise SystemExit(f"{run}: uq is {result.config.uq!r}, not vbll")

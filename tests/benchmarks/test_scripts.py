@@ -15,7 +15,7 @@ vbll_variance = pytest.importorskip("vbll_variance")
 
 
 def _cell(key, acc, ece, nll):
-    return {"key": key, "wall_s": 1.0, "metrics": {"cls/acc": acc, "cal/ece": ece, "cls/nll": nll}}
+    return {"key": key, "wall_s": 360.0, "metrics": {"cls/acc": acc, "cal/ece": ece, "cls/nll": nll}}
 
 
 def test_calibration_summary_means_stds_best_and_pending():
@@ -35,10 +35,12 @@ def test_calibration_summary_means_stds_best_and_pending():
     assert summary["sst2"]["MAP"]["cls/acc"] == pytest.approx((0.85, 0.0707107), rel=1e-5)
     assert summary["sst2"]["MAP"]["seeds"] == 2 and summary["sst2"]["TS"]["cal/ece"] == (0.05, None)
     assert "obqa" not in summary
-    text = calibration.markdown("test", profile, summary, 40, 3, 0.1, "cmd", _machine())
+    hours = calibration.cell_hours(cells)
+    assert hours["methods"] == pytest.approx(3 * 360 / 3600) and hours["ablations"] == pytest.approx(360 / 3600)
+    text = calibration.markdown("test", profile, summary, 40, 3, hours, "cmd", _machine())
     ece_table = text.split("## ECE")[1].split("## NLL")[0]
     assert "| MAP | 0.150 ± 0.071 | pending |" in ece_table and "| TS | **0.050** | pending |" in ece_table
-    assert "Cells finished: 3 of 40" in text and "profile `test`" in text
+    assert "Cells finished: 3 of 40 (0.30 h of cell time; ablations 0.10 h more)" in text and "profile `test`" in text
     assert "| PoLAR-VBLL joint | 0.700 / 0.010 / 0.300 |" in text  # ablations: own table, never "best"
     assert "**0.010**" not in text and "**0.300**" not in text
 

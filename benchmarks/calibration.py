@@ -302,7 +302,7 @@ def main() -> None:
 
     from tqdm.auto import tqdm
 
-    from polar_vbll.atomic import atomic_write_json, atomic_write_text
+    from polar_vbll.atomic import atomic_write_json
 
     tasks = args.tasks or profile.tasks
     methods = args.methods or list(METHODS) + (list(ABLATIONS) if args.ablations else [])
@@ -334,6 +334,7 @@ def main() -> None:
             entry["rebuild_wall_s"], entry["wall_s"] = entry["wall_s"], recorded["wall_s"]
         atomic_write_json(folder / "cell.json", entry)
         cells[key] = entry
+        write_results(args.profile, profile, cells)  # after every cell: a killed session loses no finished cell
         m = result["metrics"]
         tqdm.write(
             f"{key}: acc {m['cls/acc']:.4f} ece {m['cal/ece']:.4f} nll {m['cls/nll']:.4f} "
@@ -342,16 +343,23 @@ def main() -> None:
         if recorded:
             worst = max(abs(recorded["metrics"][k] - m[k]) for k in METRICS)
             tqdm.write(f"  rebuilt: largest difference to the recorded ACC/ECE/NLL {worst:.2e}")
+    print(write_results(args.profile, profile, cells))
+
+
+def write_results(name: str, profile: Profile, cells: dict) -> str:
+    """Write the results JSON and Markdown table of every finished cell; returns the table."""
+    from polar_vbll.atomic import atomic_write_json, atomic_write_text
+
     summary = summarize(cells, profile)
     machine = machine_info()
-    command = f"python benchmarks/calibration.py --profile {args.profile}"
+    command = f"python benchmarks/calibration.py --profile {name}"
     total = len(profile.tasks) * len(profile.seeds) * len(METHODS)
     hours = cell_hours(cells)
     atomic_write_json(
-        RESULTS / f"calibration_{args.profile}.json",
+        RESULTS / f"calibration_{name}.json",
         {
             "command": command,
-            "profile": {"name": args.profile, **asdict(profile)},
+            "profile": {"name": name, **asdict(profile)},
             "methods": {
                 m: {"adapter": a, "uq": u, "refines": s, "post_hoc": p, "options": o}
                 for m, (a, u, s, p, o) in ALL.items()
@@ -363,9 +371,9 @@ def main() -> None:
         },
     )
     done = sum(key.rsplit("/", 1)[1] in METHODS for key in cells)
-    text = markdown(args.profile, profile, summary, total, done, hours, command, machine)
-    atomic_write_text(RESULTS / f"calibration_{args.profile}.md", text)
-    print(text)
+    text = markdown(name, profile, summary, total, done, hours, command, machine)
+    atomic_write_text(RESULTS / f"calibration_{name}.md", text)
+    return text
 
 
 if __name__ == "__main__":

@@ -77,6 +77,9 @@ def test_calibration_keeps_the_cells_recorded_with_the_same_profile(tmp_path, mo
     profile = calibration.PROFILES["smoke"]
     cells = {"sst2/0/MAP": _cell("sst2/0/MAP", 0.8, 0.1, 0.4)}
     assert calibration.recorded_cells("smoke", profile) == {}
+    text = calibration.write_results("smoke", profile, cells)  # what main writes after every finished cell
+    assert "Cells finished: 1 of 20" in text and (tmp_path / "calibration_smoke.md").read_text() == text
+    assert calibration.recorded_cells("smoke", profile) == cells
     recorded = {"profile": {"name": "smoke", **asdict(profile)}, "cells": cells}
     (tmp_path / "calibration_smoke.json").write_text(json.dumps(recorded))
     assert calibration.recorded_cells("smoke", profile) == cells

@@ -177,11 +177,16 @@ def summarize(cells: dict, profile: Profile) -> dict:
     return summary
 
 
+def in_main_table(key: str) -> bool:
+    """Whether the cell ``task/seed/method`` belongs to the main table (not an ablation)."""
+    return key.rsplit("/", 1)[1] in METHODS
+
+
 def cell_hours(cells: dict) -> dict[str, float]:
     """Hours of cell time, {"methods": main table, "ablations": the rest}."""
     hours = {"methods": 0.0, "ablations": 0.0}
     for key, cell in cells.items():
-        hours["methods" if key.rsplit("/", 1)[1] in METHODS else "ablations"] += cell["wall_s"] / 3600
+        hours["methods" if in_main_table(key) else "ablations"] += cell["wall_s"] / 3600
     return hours
 
 
@@ -370,7 +375,7 @@ def write_results(name: str, profile: Profile, cells: dict) -> str:
             "cells": cells,
         },
     )
-    done = sum(key.rsplit("/", 1)[1] in METHODS for key in cells)
+    done = sum(map(in_main_table, cells))
     text = markdown(name, profile, summary, total, done, hours, command, machine)
     atomic_write_text(RESULTS / f"calibration_{name}.md", text)
     return text

@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
+import traceback
 
+from .data.encoding import DEFAULT_MAX_LENGTH
 from .errors import PolarVBLLError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (``polar-vbll fit: error: argument --steps: invalid int value: 'ten'``), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a limit of 0 or -5 would silently mean "all" or "all but 5")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -53,14 +74,22 @@ def cmd_data_show(args: argparse.Namespace) -> None:
 
 
 def cmd_models_list(args: argparse.Namespace) -> None:
+    from .errors import CacheError
     from .models import EMBEDDED_MODELS
-    from .models.cache import model_cache_dir
+    from .models.cache import model_cache_dir, verify
 
     rows = []
     for name in EMBEDDED_MODELS:
         spec = EMBEDDED_MODELS.get(name)
         folder = model_cache_dir(name)
-        rows.append([name, spec.description, spec.license, "yes" if folder.exists() else "no (run models prepare)"])
+        state = "no (run models prepare)"
+        if folder.exists():
+            try:
+                verify(folder)  # sizes and sha256 of every file: a damaged cache is not "cached"
+                state = "yes (verified)"
+            except CacheError as exc:
+                state = f"damaged, rebuilt on next use or by `models prepare --force` ({exc})"
+        rows.append([name, spec.description, spec.license, state])
     print(_table(rows, ["model", "description", "license", "cached"]))
     print("\nAny Hugging Face causal LM id or local folder works too (needs its weights locally or a network).")
 
@@ -84,6 +113,7 @@ def _print_metrics(title: str, metrics: dict, note: str = "") -> None:
 def cmd_fit(args: argparse.Namespace) -> None:
     from dataclasses import fields
 
+    from .fields import ConfigFieldError
     from .train import FitConfig, fit
     from .uq import VBLLConfig
 
@@ -91,16 +121,26 @@ def cmd_fit(args: argparse.Namespace) -> None:
     vbll = {f.name: getattr(args, f"vbll_{f.name}") for f in fields(VBLLConfig)}
     vbll = {k: v for k, v in vbll.items() if v is not None}
     command = shlex.join(["polar-vbll", *args.argv])
-    if args.resume:
-        result = fit(out=args.resume, resume=True, progress=not args.quiet, command=command)
-    else:
-        if args.config:
-            config = FitConfig.from_file(args.config, **overrides)
-            if vbll:
-                config.vbll = VBLLConfig(**{**config.vbll.__dict__, **vbll})
+    try:
+        if args.resume:
+            for flag, given in (("--config", args.config), ("--overwrite", args.overwrite), ("--vbll-*", vbll)):
+                if given:
+                    raise PolarVBLLError(f"{flag}: cannot be used with --resume (the run's config.json fixes it)")
+            if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
+                raise PolarVBLLError(f"--out {args.out}: --resume continues the run in {args.resume} there")
+            result = fit(out=args.resume, resume=True, progress=not args.quiet, command=command, **overrides)
         else:
-            config = FitConfig(**{k: v for k, v in overrides.items() if v is not None}, vbll=VBLLConfig(**vbll))
-        result = fit(config, out=args.out, overwrite=args.overwrite, progress=not args.quiet, command=command)
+            if args.config:
+                config = FitConfig.from_file(args.config, **overrides)
+                if vbll:
+                    config.vbll = VBLLConfig(**{**config.vbll.__dict__, **vbll})
+            else:
+                config = FitConfig(**{k: v for k, v in overrides.items() if v is not None}, vbll=VBLLConfig(**vbll))
+            out = args.out or "runs/fit"
+            result = fit(config, out=out, overwrite=args.overwrite, progress=not args.quiet, command=command)
+    except ConfigFieldError as exc:  # a flag's value: name the flag, as the user typed it
+        prefix = "--vbll-" if str(exc).startswith(("VBLLConfig", "FitConfig.vbll")) else "--"
+        raise PolarVBLLError(f"{prefix}{exc.field.replace('_', '-')}: {exc.detail}") from None
     report = result.report
     _print_metrics(
         f"{report['task']} / {report['split']}: {report['n']} examples, "
@@ -172,8 +212,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_export_lora(args: argparse.Namespace) -> None:
     from .adapters import export_lora
+    from .adapters.base import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
+    from .outputs import check_replaceable
     from .train import load_run
 
+    check_replaceable(args.out, {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE})  # before the model loads
     folder = export_lora(load_run(args.run_dir).backbone.model, args.out)
     print(f"plain LoRA adapter (rank 2r, for the original weights): {folder}")
 
@@ -229,7 +272,8 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str = "",
         if isinstance(default, bool) or f.name in _NONE_DEFAULT_BOOLS:
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         elif isinstance(default, list) or f.name == "target_modules":
-            parser.add_argument(flag, dest=dest, nargs="+", default=None, help=helptext)
+            kind = int if f.name == "lr_restarts" else str
+            parser.add_argument(flag, dest=dest, nargs="+", type=kind, default=None, help=helptext)
         else:
             kind = _NONE_DEFAULT_TYPES.get(f.name, type(default))
             parser.add_argument(flag, dest=dest, type=kind, default=None, help=helptext)
@@ -245,9 +289,16 @@ def add_fit_parser(sub) -> None:
         description="Fine-tune an adapter and an uncertainty head (default: PoLAR-VBLL) on a task.",
     )
     p.add_argument("--config", help="JSON or TOML file with FitConfig options (flags override it)")
-    p.add_argument("--out", default="runs/fit", help="run folder (default %(default)s)")
-    p.add_argument("--resume", metavar="DIR", help="continue the killed run in DIR from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--out", help="run folder (default runs/fit)")
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its last checkpoint; with --steps N beyond a finished run's steps, train "
+        "it on for a new learning-rate cycle (warm-up, then linear decay to 0 at step N)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out (only its own files; others stay)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dataclass_flags(p, FitConfig, skip=("vbll",))
     _add_dataclass_flags(p, VBLLConfig, prefix="vbll_")
@@ -255,29 +306,35 @@ def add_fit_parser(sub) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    import json
     from pathlib import Path
 
     from .atomic import atomic_write_text
+    from .outputs import OutputKind, claim, prepare_output
     from .report import compare_runs
+    from .stored import read_json
 
     reports = []
     for run in args.runs:
         path = Path(run) / "report.json"
-        try:
-            reports.append(json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise PolarVBLLError(f"{path}: not found (is {run} a run or report folder?)") from None
+        if not path.is_file():
+            raise PolarVBLLError(f"{path}: not found (is {run} a run or report folder?)")
+        report = read_json(path, "report")
+        if not isinstance(report, dict) or not {"metrics", "task", "split", "n", "model"} <= set(report):
+            raise PolarVBLLError(f"{path}: not a polar-vbll report (needs metrics, task, split, n, model)")
+        reports.append(report)
+    if args.out:
+        prepare_output(args.out, OutputKind.COMPARISON)
     table = compare_runs(reports, [Path(run).name for run in args.runs])
     print(table)
     if args.out:
+        claim(args.out, "comparison.md")
         atomic_write_text(Path(args.out) / "comparison.md", table)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .models import DEFAULT_MODEL
 
-    parser = argparse.ArgumentParser(prog="polar-vbll", description="Calibrated fine-tuning of language models.")
+    parser = OneLineParser(prog="polar-vbll", description="Calibrated fine-tuning of language models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="list tasks, show prompts").add_subparsers(dest="data_command", required=True)
@@ -286,10 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("show", help="prompts as the model sees them, with label tokens")
     p.add_argument("task", help="task name or path to a JSONL file/folder")
     p.add_argument("--split", help="split (default: the task's evaluation split)")
-    p.add_argument("-n", type=int, default=3, help="number of examples (default 3)")
+    p.add_argument("-n", type=positive_int, default=3, help="number of examples (default 3)")
     p.add_argument("--template", help="prompt template name (default: the task's)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="whose tokenizer to use (default %(default)s)")
-    p.add_argument("--max-length", type=int, default=300, help="token budget; longer prompts lose their start")
+    p.add_argument(
+        "--max-length",
+        type=positive_int,
+        default=DEFAULT_MAX_LENGTH,
+        help="token budget; longer prompts lose their start (default %(default)s)",
+    )
     p.set_defaults(func=cmd_data_show)
 
     models = sub.add_parser("models", help="embedded models").add_subparsers(dest="models_command", required=True)
@@ -321,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fit a temperature on the run's held-out examples (needs a run trained with --calibration-holdout)",
     )
-    p.add_argument("--laplace-samples", type=int, help="training examples for the Laplace Hessian (default: run's)")
+    p.add_argument(
+        "--laplace-samples", type=positive_int, help="training examples for the Laplace Hessian (default: run's)"
+    )
     p.add_argument("--la-subset", choices=["adapter", "last_layer"], help="Laplace-LoRA weights (default: run's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -339,11 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, HF id or folder (default %(default)s)")
     p.add_argument("--task", help="task name or path to a JSONL file/folder (default for a run: its own)")
     p.add_argument("--split", help="split (default: the task's evaluation split)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=300, help="token budget; longer prompts lose their start")
-    p.add_argument("--limit", type=int, help="only the first N examples")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument(
+        "--max-length",
+        type=positive_int,
+        default=DEFAULT_MAX_LENGTH,
+        help="token budget; longer prompts lose their start (default %(default)s)",
+    )
+    p.add_argument("--limit", type=positive_int, help="only the first N examples")
     p.add_argument("--template", help="prompt template name (default: the task's)")
-    p.add_argument("--bins", type=int, default=15, help="ECE bins (default 15)")
+    p.add_argument("--bins", type=positive_int, default=15, help="ECE bins (default 15)")
     p.add_argument(
         "--ood",
         action="append",
@@ -357,15 +426,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; every failure ends in one line on stderr and a non-zero exit, never a traceback
+    (``POLAR_VBLL_DEBUG=1`` shows the traceback of an unexpected one)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    if getattr(args, "quiet", False):
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars too
     try:
         args.func(args)
     except PolarVBLLError as exc:
-        print(f"polar-vbll: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), 2)
+    except KeyboardInterrupt as exc:  # fit says where its last checkpoint is
+        return _fail(str(exc) or "interrupted", 130, prefix="polar-vbll: ")
+    except OSError as exc:  # a full or read-only disk, a file vanished under us
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}", 1)
+    except Exception as exc:  # a bug: one line and how to see more
+        if os.environ.get("POLAR_VBLL_DEBUG"):
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return _fail(f"internal error {type(exc).__name__}: {first} (POLAR_VBLL_DEBUG=1 shows the traceback)", 1)
     return 0
+
+
+def _fail(message: str, code: int, prefix: str = "polar-vbll: error: ") -> int:
+    print(prefix + " ".join(message.split("\n")), file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

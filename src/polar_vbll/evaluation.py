@@ -13,8 +13,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import TaskSpec, encode_items, get_task, iter_batches, label_token_ids
+from .data.encoding import DEFAULT_MAX_LENGTH
+from .errors import PolarVBLLError
 from .metrics import classification_metrics, selective_metrics
-from .models import DEFAULT_MODEL, Backbone, load_backbone, mask_choices
+from .models import DEFAULT_MODEL, Backbone, load_backbone, mask_choices, resolve_model
+from .outputs import OutputKind, prepare_output
 from .report import write_report
 
 
@@ -75,7 +78,7 @@ def predict_probs(
     task: TaskSpec,
     items,
     batch_size: int = 16,
-    max_length: int = 300,
+    max_length: int = DEFAULT_MAX_LENGTH,
     padding_side: str = "right",
     progress: bool = True,
 ) -> tuple[np.ndarray, dict]:
@@ -104,7 +107,7 @@ def evaluate(
     split: str | None = None,
     *,
     batch_size: int = 16,
-    max_length: int = 300,
+    max_length: int = DEFAULT_MAX_LENGTH,
     limit: int | None = None,
     template: str | None = None,
     n_bins: int = 15,
@@ -114,13 +117,21 @@ def evaluate(
 ) -> EvalResult:
     """Score ``task``'s ``split`` (default: the task's evaluation split) zero-shot with ``model``.
 
-    ``limit`` keeps the first N examples. With ``out``, writes ``report.json`` and ``report.md`` there.
+    ``limit`` keeps the first N examples. With ``out``, writes ``report.json`` and ``report.md`` there (the folder
+    is checked before the model loads: new, empty, or an earlier evaluation's, whose files it replaces).
     """
+    for name, value in (("batch_size", batch_size), ("max_length", max_length), ("n_bins", n_bins), ("limit", limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise PolarVBLLError(f"{name}: must be an integer >= 1, got {value!r}")
     spec = task if isinstance(task, TaskSpec) else get_task(task, template)
     if isinstance(task, TaskSpec) and template:
         spec = spec.with_template(template)
     split = split or spec.eval_split
     items = spec.load(split)[: limit or None]
+    if isinstance(model, str):
+        resolve_model(model)  # a missing model folder fails before the output folder is touched
+    if out is not None:
+        prepare_output(out, OutputKind.EVALUATION)
     start = time.perf_counter()
     backbone = model if isinstance(model, Backbone) else load_backbone(model)
     loaded = time.perf_counter()

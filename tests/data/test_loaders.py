@@ -139,6 +139,13 @@ def test_mmlu_csv_quoted_multiline_and_bad_rows(tmp_path):
     assert_error("mmlu_csv", path, 4, None, "expected 6 columns")
 
 
+def test_a_utf8_bom_is_accepted(tmp_path):
+    """Editors on Windows start UTF-8 files with a byte-order mark; the first row must still parse."""
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"question": "q", "choices": ["a", "b"], "answer": 1}).encode())
+    assert [item.answer for item in read("jsonl", path)] == [1]
+
+
 def test_missing_file(tmp_path):
     assert_error("jsonl", tmp_path / "nope.jsonl", None, None, "file not found")
 

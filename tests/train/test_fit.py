@@ -169,7 +169,7 @@ def test_config_files_and_errors(tmp_path):
         True,
     )
     path.write_text("stepz = 7\n")
-    with pytest.raises(PolarVBLLError, match=r"c.toml: unknown option\(s\) stepz"):
+    with pytest.raises(PolarVBLLError, match=r"c.toml:1: unknown option\(s\) stepz"):
         FitConfig.from_file(path)
     bad = tmp_path / "c.json"
     bad.write_text('{\n "steps": 3,\n}')

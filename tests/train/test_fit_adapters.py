@@ -68,7 +68,7 @@ def test_adapter_options_reach_the_adapter_and_are_validated():
     assert FitConfig(adapter="lora", uq="mc_dropout").adapter_options()["dropout"] == 0.1
     with pytest.raises(PolarVBLLError, match=r"head_ratio must lie in \(0, 1\]"):
         FitConfig(adapter="s2ft", s2ft_head_ratio=0.0)
-    with pytest.raises(PolarVBLLError, match="mode must be 'ipm' or 'kpm'"):
+    with pytest.raises(PolarVBLLError, match="corda_mode: expected one of 'ipm', 'kpm', got 'all'"):
         FitConfig(adapter="corda", corda_mode="all")
 
 

@@ -47,7 +47,7 @@ def test_refine_refuses_what_it_cannot_do(tiny_dir, task_dir, tmp_path):  # noqa
         refined_config(FitConfig(uq="mc_dropout"), laplace=True)
     with pytest.raises(PolarVBLLError, match="unknown option"):
         refined_config(FitConfig(uq="map"), laplace=True, steps=3)
-    with pytest.raises(PolarVBLLError, match="not a finished run"):
+    with pytest.raises(PolarVBLLError, match="missing: no such run folder"):
         refine(tmp_path / "missing", tmp_path / "y", laplace=True, progress=False)
     with pytest.raises(PolarVBLLError, match="temperature_scaling needs calibration_holdout"):
         FitConfig(uq="temperature", calibration_holdout=False)

@@ -127,7 +127,7 @@ def test_covariance_initialization(covariance):
         atol=1e-6,
     )
     torch.testing.assert_close(at_prior.logit_moments(x)[0], vbll_init.logit_moments(x)[0])  # same mean
-    with pytest.raises(PolarVBLLError, match="cov_init must be one of vbll, prior"):
+    with pytest.raises(PolarVBLLError, match="cov_init: expected one of .vbll., .prior."):
         VBLLConfig(cov_init="zero")
 
 
@@ -208,7 +208,7 @@ def test_bad_inputs(features, labels, match):
 
 
 def test_bad_config():
-    with pytest.raises(PolarVBLLError, match="covariance must be one of dense, diagonal, lowrank"):
+    with pytest.raises(PolarVBLLError, match="covariance: expected one of .dense., .diagonal., .lowrank., got .full."):
         VBLLConfig(covariance="full")
     with pytest.raises(PolarVBLLError, match="n_train must be >= 1"):
         VBLLHead(torch.zeros(2, 4), 0)

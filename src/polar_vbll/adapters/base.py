@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..atomic import atomic_directory
 from ..errors import PolarVBLLError
 from ..fields import help_field as _help
+from ..outputs import check_replaceable
 from ..registry import Registry
+from ..stored import load_tensors, read_json, tensor_metadata
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -375,6 +376,10 @@ def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor], source:
         raise PolarVBLLError(
             f"{source}: adapter weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    wrong = [k for k, v in state.items() if v.shape != expected[k].shape]
+    if wrong:
+        shapes = f"{tuple(state[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}"
+        raise PolarVBLLError(f"{source}: adapter tensor {wrong[0]} has shape {shapes} (another rank or model?)")
     for name, layer in adapter_layers(model).items():
         prefix = name + "."
         layer.load_adapter_state({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
@@ -403,6 +408,7 @@ def save_adapter(model: nn.Module, folder: str | Path) -> Path:
     config = getattr(model, CONFIG_ATTR, None)
     if config is None:
         raise PolarVBLLError("the model has no adapters to save")
+    check_replaceable(folder, {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE})
     with atomic_directory(folder) as tmp:
         metadata = {"method": config.method, "members": str(ensemble_size(model))}
         save_file(adapter_state_dict(model), str(tmp / ADAPTER_WEIGHTS_FILE), metadata=metadata)
@@ -412,12 +418,11 @@ def save_adapter(model: nn.Module, folder: str | Path) -> Path:
 
 def load_adapter_config(folder: str | Path) -> TunerConfig:
     path = Path(folder) / ADAPTER_CONFIG_FILE
-    try:
-        options = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PolarVBLLError(f"{path}: not found (not an adapter folder)") from None
-    except json.JSONDecodeError as exc:
-        raise PolarVBLLError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    if not path.is_file():
+        raise PolarVBLLError(f"{path}: not found (not an adapter folder)")
+    options = read_json(path, "adapter config")
+    if not isinstance(options, dict):
+        raise PolarVBLLError(f"{path}: expected a JSON object, got {type(options).__name__}")
     method = options.pop("method", None)
     if method is None:
         raise PolarVBLLError(f"{path}: field 'method' missing")
@@ -432,8 +437,7 @@ def load_adapter(model: nn.Module, folder: str | Path) -> TunerConfig:
     """Inject the saved adapter into a freshly loaded base ``model`` and load its weights (exact round trip)."""
     config = load_adapter_config(folder)
     path = Path(folder) / ADAPTER_WEIGHTS_FILE
-    with safe_open(str(path), "pt") as handle:
-        members = int((handle.metadata() or {}).get("members", 1))
+    members = int(tensor_metadata(path, "adapter weights").get("members", 1))
     inject_adapters(model, config, restore=True, members=members)
-    load_adapter_state(model, load_file(str(path)), str(path))
+    load_adapter_state(model, load_tensors(path, "adapter weights"), str(path))
     return config

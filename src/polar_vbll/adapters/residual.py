@@ -18,6 +18,7 @@ from torch import nn
 
 from ..atomic import atomic_directory
 from ..errors import PolarVBLLError
+from ..outputs import check_replaceable
 from .base import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LowRankConfig, adapter_config, adapter_layers
 from .lora import LoraConfig, LoraLinear
 
@@ -81,6 +82,7 @@ def export_lora(model: nn.Module, folder: str | Path) -> Path:
         u, v = layer.original_delta_factors()
         state[f"{name}.lora_B"] = (u / lora.scaling).contiguous()
         state[f"{name}.lora_A"] = v.contiguous()
+    check_replaceable(folder, {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE})
     with atomic_directory(folder) as tmp:
         save_file(state, str(tmp / ADAPTER_WEIGHTS_FILE), metadata={"method": "lora", "exported_from": config.method})
         (tmp / ADAPTER_CONFIG_FILE).write_text(json.dumps(lora.to_dict(), indent=2) + "\n", encoding="utf-8")

@@ -55,9 +55,11 @@ class DataFile:
             if self.bundled:
                 raw = resources.files("polar_vbll.data").joinpath("bundled", self.path + ".xz").read_bytes()
                 return lzma.decompress(raw).decode("utf-8")
-            return Path(self.path).read_text(encoding="utf-8")
+            return Path(self.path).read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is dropped
         except FileNotFoundError:
             raise DataFormatError(self.display, None, None, "file not found") from None
+        except IsADirectoryError:
+            raise DataFormatError(self.display, None, None, "is a folder, not a data file") from None
         except (UnicodeDecodeError, lzma.LZMAError) as exc:
             raise DataFormatError(self.display, None, None, f"cannot be read as UTF-8 text: {exc}") from None
 

@@ -240,10 +240,23 @@ def _user_task(path: Path) -> TaskSpec:
     )
 
 
-def get_task(name_or_path: str | Path, template: str | None = None) -> TaskSpec:
-    """A registered task by name (``polar-vbll data list``), or a user's JSONL file or folder by path."""
-    if isinstance(name_or_path, str) and name_or_path in TASKS:
-        task = TASKS.get(name_or_path)
+def get_task(name_or_path: str | Path, template: str | None = None, *, registered_first: bool = False) -> TaskSpec:
+    """A registered task by name (``polar-vbll data list``), or a user's JSONL file or folder by path.
+
+    A bare name that is both a registered task and an existing path here (``boolq`` beside a ``./boolq/`` folder)
+    is ambiguous and refused: write ``./boolq`` for the folder, or ``bundled:boolq`` for the registered task.
+    ``registered_first`` resolves such a name to the registered task (a saved run: a path was saved as given).
+    """
+    text = str(name_or_path)
+    if text.startswith("bundled:"):
+        task = TASKS.get(text.removeprefix("bundled:"))
+    elif isinstance(name_or_path, str) and text in TASKS:
+        if Path(text).exists() and not registered_first:
+            raise PolarVBLLError(
+                f"task '{text}' is ambiguous: a bundled task and the path {text} here; write ./{text} for your "
+                f"data or bundled:{text} for the bundled task"
+            )
+        task = TASKS.get(text)
     elif Path(name_or_path).exists():
         task = _user_task(Path(name_or_path))
     else:

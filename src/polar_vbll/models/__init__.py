@@ -9,6 +9,7 @@ from .backbone import (
     load_tokenizer,
     mask_choices,
     prepare_embedded,
+    resolve_model,
 )
 from .tiny import tiny_backbone, tiny_llama, tiny_tokenizer
 
@@ -21,6 +22,7 @@ __all__ = [
     "load_tokenizer",
     "mask_choices",
     "prepare_embedded",
+    "resolve_model",
     "tiny_backbone",
     "tiny_llama",
     "tiny_tokenizer",

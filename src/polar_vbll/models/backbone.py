@@ -69,21 +69,55 @@ def prepare_embedded(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
 
     A valid cache is reused; a partial or corrupt one is reported and rebuilt. First build ~30 s on 2 cores.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     spec = EMBEDDED_MODELS.get(name)
     target = cache.model_cache_dir(name)
-    if target.exists() and not force:
-        try:
-            cache.verify(target)
-            return target
-        except CacheError as exc:
-            log.warning("rebuilding model cache: %s", exc)
-            print(f"polar-vbll: rebuilding model cache: {exc}")
+    if _valid_cache(target, force):
+        return target
     gguf = _gguf_path(spec)
+    return _convert_gguf(gguf, target, {"model": name, "note": spec.note})
+
+
+def prepare_gguf(path: str | Path, force: bool = False) -> tuple[Path, str]:
+    """(cache folder, note) of a GGUF file: an embedded model's own file maps to its cache; any other file is
+    dequantized to fp32 once and cached by the sha256 of its content (``models/gguf-<hash>``)."""
+    path = Path(path).expanduser().resolve()
+    for name in EMBEDDED_MODELS:
+        spec = EMBEDDED_MODELS.get(name)
+        try:
+            if _gguf_path(spec).resolve() == path:
+                return prepare_embedded(name, force), spec.note
+        except PolarVBLLError:
+            continue
+    note = "weights dequantized from GGUF to fp32: a quantized model's accuracy is below the original's"
+    target = cache.model_cache_dir(f"gguf-{cache.sha256_file(path)[:16]}")
+    if not _valid_cache(target, force):
+        _convert_gguf(path, target, {"model": path.name, "note": note})
+    return target, note
+
+
+def _valid_cache(target: Path, force: bool) -> bool:
+    if not target.exists() or force:
+        return False
+    try:
+        cache.verify(target)
+        return True
+    except CacheError as exc:
+        log.warning("rebuilding model cache: %s", exc)
+        print(f"polar-vbll: rebuilding model cache: {exc}")
+        return False
+
+
+def _convert_gguf(gguf: Path, target: Path, info: dict) -> Path:
+    """Dequantize ``gguf`` into a plain fp32 ``save_pretrained`` folder at ``target``, atomically, with a manifest."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # a foreign file: whatever the GGUF reader raises, say which file and why
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise PolarVBLLError(f"{gguf}: cannot be loaded as a GGUF causal LM ({type(exc).__name__}: {first})") from None
     config = quantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights are already dequantized: save a plain fp32 model
@@ -93,11 +127,33 @@ def prepare_embedded(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
     with atomic_directory(target) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        cache.write_manifest(
-            tmp, {"source": str(gguf), "source_bytes": gguf.stat().st_size, "model": name, "note": spec.note}
-        )
-    log.info("prepared %s in %.1f s at %s", name, time.perf_counter() - start, target)
+        cache.write_manifest(tmp, {"source": str(gguf), "source_bytes": gguf.stat().st_size, **info})
+    log.info("prepared %s in %.1f s at %s", info["model"], time.perf_counter() - start, target)
     return target
+
+
+def resolve_model(name_or_path: str) -> tuple[str, Path | None]:
+    """("embedded" | "gguf" | "folder" | "hub", local path or None), refusing with one line a path that does not
+    exist, a folder that holds no model and a file that is not GGUF."""
+    if name_or_path in EMBEDDED_MODELS:
+        return "embedded", None
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise PolarVBLLError(f"--model {name_or_path}: a file but not a .gguf; pass a model folder or a GGUF file")
+        return "gguf", path
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise PolarVBLLError(
+                f"--model {name_or_path}: not a model folder (no config.json); pass a `save_pretrained` folder, "
+                f"a .gguf file or an embedded model ({', '.join(EMBEDDED_MODELS.names())})"
+            )
+        return "folder", path
+    # a hub id is "org/name"; a path starts like one, ends in .gguf, or starts with a folder that exists here
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.lower().endswith(".gguf")
+    if looks_local or (len(path.parts) > 1 and Path(path.parts[0]).is_dir()):
+        raise PolarVBLLError(f"--model {name_or_path}: no such file or folder")
+    return "hub", None
 
 
 class Backbone(nn.Module):
@@ -187,12 +243,27 @@ def mask_choices(logits: torch.Tensor, choice_mask: torch.Tensor | None) -> torc
 
 
 def load_tokenizer(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = False):
-    """The tokenizer of a model (embedded name, Hugging Face id or folder) without loading its weights."""
+    """The tokenizer of a model (embedded name, GGUF file, Hugging Face id or folder) without loading its weights."""
     from transformers import AutoTokenizer
 
-    if name_or_path in EMBEDDED_MODELS:
+    kind, path = resolve_model(name_or_path)
+    if kind == "embedded":
         return AutoTokenizer.from_pretrained(prepare_embedded(name_or_path), local_files_only=True)
-    return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if kind == "gguf":
+        return AutoTokenizer.from_pretrained(prepare_gguf(path)[0], local_files_only=True)
+    return _from_hub_or_folder(AutoTokenizer, name_or_path, trust_remote_code=trust_remote_code)
+
+
+def _from_hub_or_folder(auto_class, name_or_path: str, **options):
+    """``auto_class.from_pretrained`` with a one-line error when the id is neither local nor reachable."""
+    try:
+        return auto_class.from_pretrained(name_or_path, **options)
+    except OSError as exc:
+        first = (str(exc).strip().splitlines() or ["not found"])[0][:200]
+        raise PolarVBLLError(
+            f"--model {name_or_path}: not an embedded model ({', '.join(EMBEDDED_MODELS.names())}), a local folder, "
+            f"a .gguf file or a Hugging Face model reachable from here ({first})"
+        ) from None
 
 
 def load_backbone(
@@ -202,21 +273,28 @@ def load_backbone(
     trust_remote_code: bool = False,
     rebuild_cache: bool = False,
 ) -> Backbone:
-    """Load a causal LM by embedded name (``polar-vbll models list``), Hugging Face id or local folder.
+    """Load a causal LM by embedded name (``polar-vbll models list``), GGUF file, Hugging Face id or local folder.
 
-    ``trust_remote_code`` stays off unless asked for: it runs code that ships with the model.
+    A GGUF file is dequantized to fp32 once and cached by its content hash. ``trust_remote_code`` stays off unless
+    asked for: it runs code that ships with the model.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name_or_path in EMBEDDED_MODELS:
-        spec = EMBEDDED_MODELS.get(name_or_path)
-        folder = prepare_embedded(name_or_path, force=rebuild_cache)
+    kind, path = resolve_model(name_or_path)
+    if kind in ("embedded", "gguf"):
+        if kind == "embedded":
+            spec = EMBEDDED_MODELS.get(name_or_path)
+            folder, note = prepare_embedded(name_or_path, rebuild_cache), spec.note
+            name, source = spec.name, f"{spec.package}:{spec.filename}"
+        else:
+            (folder, note), name, source = prepare_gguf(path, rebuild_cache), path.name, str(path)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        backbone = Backbone(model, tokenizer, spec.name, source=f"{spec.package}:{spec.filename}", note=spec.note)
+        backbone = Backbone(model, tokenizer, name, source=source, note=note)
     else:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        options = {"trust_remote_code": trust_remote_code}
+        model = _from_hub_or_folder(AutoModelForCausalLM, name_or_path, dtype=dtype, **options)
+        tokenizer = _from_hub_or_folder(AutoTokenizer, name_or_path, **options)
         backbone = Backbone(model, tokenizer, str(name_or_path), source=str(name_or_path))
     backbone.eval()
     return backbone

@@ -14,21 +14,26 @@ import os
 from pathlib import Path
 
 from ..atomic import atomic_write_json
-from ..errors import CacheError
+from ..errors import CacheError, PolarVBLLError
 
 MANIFEST = "polar_vbll_manifest.json"
 
 
 def cache_root() -> Path:
-    """``$POLAR_VBLL_CACHE`` or ``~/.cache/polar_vbll``."""
-    return Path(os.environ.get("POLAR_VBLL_CACHE") or Path.home() / ".cache" / "polar_vbll")
+    """``$POLAR_VBLL_CACHE`` or ``~/.cache/polar_vbll``; refused at once if it names something that is no folder."""
+    value = os.environ.get("POLAR_VBLL_CACHE")
+    root = Path(value).expanduser() if value else Path.home() / ".cache" / "polar_vbll"
+    if root.exists() and not root.is_dir():
+        where = f"POLAR_VBLL_CACHE={value}" if value else str(root)
+        raise PolarVBLLError(f"{where}: is a file, not a folder (the model and covariance cache goes there)")
+    return root
 
 
 def model_cache_dir(name: str) -> Path:
     return cache_root() / "models" / name
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 24):
@@ -39,7 +44,7 @@ def _sha256(path: Path) -> str:
 def write_manifest(folder: Path, info: dict) -> None:
     """Record size and sha256 of every file in ``folder`` (call it last, before the folder is renamed in)."""
     files = {
-        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(folder.iterdir())
         if p.is_file() and p.name != MANIFEST
     }
@@ -62,6 +67,6 @@ def verify(folder: Path) -> dict:
             raise CacheError(f"{path}: missing")
         if path.stat().st_size != expected["bytes"]:
             raise CacheError(f"{path}: {path.stat().st_size} bytes, manifest says {expected['bytes']}")
-        if _sha256(path) != expected["sha256"]:
+        if sha256_file(path) != expected["sha256"]:
             raise CacheError(f"{path}: sha256 differs from the manifest (corrupt)")
     return manifest

@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 
 from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..outputs import claim
 
 METRIC_NAMES = {
     "cls/acc": "accuracy",
@@ -143,8 +144,13 @@ def render_html(report: dict, images: dict[str, bytes] | None = None) -> str:
 
 
 def write_report(report: dict, out_dir: str | Path, images: dict[str, bytes] | None = None) -> Path:
-    """Write ``report.json``, ``report.md``, ``report.html`` and one PNG per plot into ``out_dir``, atomically."""
+    """Write ``report.json``, ``report.md``, ``report.html`` and one PNG per plot into ``out_dir``, atomically.
+
+    The files are claimed in the folder's marker first (:mod:`polar_vbll.outputs`): a file of the same name that
+    polar-vbll did not write is never replaced.
+    """
     out = Path(out_dir)
+    claim(out, *(f"{name}.png" for name in images or {}), "report.json", "report.md", "report.html")
     for name, png in (images or {}).items():
         atomic_write_bytes(out / f"{name}.png", png)
     atomic_write_json(out / "report.json", report)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from ..adapters.base import ADAPTERS, make_config
+from ..data.encoding import DEFAULT_MAX_LENGTH
 from ..errors import PolarVBLLError
+from ..fields import ConfigFieldError, check_types, from_mapping
 from ..fields import help_field as _help
 from ..uq import UQ_METHODS, VBLLConfig
 
@@ -47,11 +50,16 @@ class FitConfig:
     landing_lambda: float = _help("pull-back weight λ of the landing optimizer", 1.0)
     steps: int = _help("optimizer steps (each consumes one batch)", 200)
     batch_size: int = _help("examples per step", 16)
-    max_length: int = _help("token budget per prompt; longer prompts lose their start", 256)
+    max_length: int = _help("token budget per prompt; longer prompts lose their start", DEFAULT_MAX_LENGTH)
     lr_adapter: float = _help("peak learning rate of the adapter", 1e-3)
     lr_head: float = _help("peak learning rate of the head", 1e-3)
     weight_decay: float | None = _help("adapter weight decay (default: the method's, MAP 1e-5)", None)
     warmup_ratio: float = _help("fraction of steps with linear warm-up, then linear decay to 0", 0.06)
+    lr_restarts: list[int] = _help(
+        "steps at which the learning-rate schedule starts a new cycle (warm-up, then decay to 0 at the next restart "
+        "or the end); `fit --resume RUN --steps N` adds the old end when it extends a finished run",
+        default_factory=list,
+    )
     grad_clip: float = _help("clip the gradient norm of the updated parameters (0 = off)", 1.0)
     alternate: bool | None = _help("alternate head and adapter steps (default: yes for vbll, joint otherwise)", None)
     head_steps: int = _help("head-only steps per alternating cycle (adapter fixed; no backbone backward)", 1)
@@ -85,9 +93,8 @@ class FitConfig:
 
     def __post_init__(self):
         if isinstance(self.vbll, dict):
-            self.vbll = VBLLConfig(**self.vbll)
-        if isinstance(self.target_modules, tuple):
-            self.target_modules = list(self.target_modules)
+            self.vbll = from_mapping(VBLLConfig, self.vbll, "FitConfig.vbll")
+        check_types(self)
         ADAPTERS.get(self.adapter)
         method = UQ_METHODS.get(self.uq)
         if self.temperature_scaling is None:
@@ -98,22 +105,41 @@ class FitConfig:
             raise PolarVBLLError("FitConfig.temperature_scaling needs calibration_holdout (held-out examples for T)")
         if self.dropout is None:
             self.dropout = method.adapter_dropout
-        if self.mc_samples < 1 or self.calibration_size < 1 or self.ensemble_size < 1:
-            raise PolarVBLLError("FitConfig.mc_samples, ensemble_size and calibration_size must be >= 1")
+        for name in ("mc_samples", "calibration_size", "ensemble_size"):
+            if getattr(self, name) < 1:
+                raise ConfigFieldError("FitConfig", name, f"must be >= 1, got {getattr(self, name)}")
         if self.blob_samples < 0:
-            raise PolarVBLLError(f"FitConfig.blob_samples must be >= 0, got {self.blob_samples}")
+            raise ConfigFieldError("FitConfig", "blob_samples", f"must be >= 0, got {self.blob_samples}")
         if self.optimizer is None:
             self.optimizer = "geoopt" if self.adapter == "polar" else "adamw"
         if self.optimizer not in ("geoopt", "landing", "adamw"):
             raise PolarVBLLError(f"FitConfig.optimizer must be geoopt, landing or adamw, got {self.optimizer!r}")
         if self.adapter == "polar" and self.optimizer == "adamw":
             raise PolarVBLLError("FitConfig.optimizer: polar needs geoopt or landing (adamw ignores the manifold)")
-        make_config(self.adapter, **self.adapter_options())  # validates the adapter's options now
         if self.alternate is None:
             self.alternate = self.uq == "vbll"
-        for name in ("steps", "batch_size", "max_length", "eval_batch_size"):
+        for name in ("steps", "batch_size", "max_length", "eval_batch_size", "r", "laplace_samples"):
             if getattr(self, name) < 1:
-                raise PolarVBLLError(f"FitConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigFieldError("FitConfig", name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("train_limit", "eval_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigFieldError(
+                    "FitConfig", name, f"must be >= 1 (leave it unset for all), got {getattr(self, name)}"
+                )
+        for name in ("lr_adapter", "lr_head", "alpha"):
+            if not getattr(self, name) > 0:
+                raise ConfigFieldError("FitConfig", name, f"must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip", "checkpoint_every", "log_every", "landing_lambda"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ConfigFieldError("FitConfig", name, f"must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigFieldError("FitConfig", "dropout", f"must lie in [0, 1), got {self.dropout}")
+        if self.lr_restarts != sorted(set(self.lr_restarts)) or not all(0 < s < self.steps for s in self.lr_restarts):
+            raise ConfigFieldError(
+                "FitConfig",
+                "lr_restarts",
+                f"must be increasing steps in (0, steps={self.steps}), got {self.lr_restarts}",
+            )
         if self.alternate and (
             self.head_steps < 0 or self.adapter_steps < 0 or self.head_steps + self.adapter_steps < 1
         ):
@@ -121,7 +147,8 @@ class FitConfig:
         if self.laplace and self.uq != "vbll":
             raise PolarVBLLError(f"FitConfig.laplace refines the VBLL head; uq is {self.uq!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
-            raise PolarVBLLError(f"FitConfig.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+            raise ConfigFieldError("FitConfig", "warmup_ratio", f"must lie in [0, 1), got {self.warmup_ratio}")
+        make_config(self.adapter, **self.adapter_options())  # validates the adapter's options now
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,28 +169,71 @@ class FitConfig:
     def help(cls) -> dict[str, str]:
         return {f.name: f.metadata.get("help", "") for f in fields(cls)}
 
+    def resumed(self, **changes) -> FitConfig:
+        """This run's config with ``changes`` that a resume may make (:data:`RESUME_OPTIONS`); more ``steps``
+        extend a finished run by a new learning-rate cycle that starts at its old end (see ``lr_restarts``)."""
+        fixed = sorted(name for name, value in changes.items() if value is not None and name not in RESUME_OPTIONS)
+        if fixed:
+            flags = ", ".join("--" + name.replace("_", "-") for name in fixed)
+            allowed = ", ".join("--" + name.replace("_", "-") for name in RESUME_OPTIONS)
+            raise PolarVBLLError(
+                f"{flags}: cannot change when resuming (the run's config.json fixes it); allowed: {allowed}"
+            )
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if changes.get("steps", self.steps) != self.steps:
+            if changes["steps"] < self.steps:
+                raise ConfigFieldError(
+                    "FitConfig",
+                    "steps",
+                    f"{changes['steps']} is fewer than the run's {self.steps}; give more to extend",
+                )
+            changes["lr_restarts"] = [*self.lr_restarts, self.steps]
+        return FitConfig(**{**self.to_dict(), **changes})
+
+    @classmethod
+    def from_dict(cls, data, source: str | Path | None = None) -> FitConfig:
+        """A config from a mapping read from the file ``source``; errors name the file and the field's line."""
+        try:
+            return from_mapping(cls, data, "FitConfig")
+        except PolarVBLLError as exc:
+            if source is None:
+                raise
+            line = ""
+            if isinstance(exc, ConfigFieldError) and Path(source).is_file():
+                line = _line_of(Path(source).read_text(encoding="utf-8-sig"), exc.field)
+            raise PolarVBLLError(f"{source}{line}: {exc}") from None
+
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> FitConfig:
         """Read a ``.json`` or ``.toml`` file; ``overrides`` (e.g. command-line flags) win over it."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")
         except FileNotFoundError:
             raise PolarVBLLError(f"{path}: config file not found") from None
+        except (UnicodeDecodeError, IsADirectoryError):
+            raise PolarVBLLError(f"{path}: not a UTF-8 text file") from None
         try:
             data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
         except json.JSONDecodeError as exc:
             raise PolarVBLLError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
         except tomllib.TOMLDecodeError as exc:
             raise PolarVBLLError(f"{path}: malformed TOML ({exc})") from None
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PolarVBLLError(f"{path}: unknown option(s) {', '.join(unknown)}; see `polar-vbll fit --help`")
-        if isinstance(data.get("vbll"), dict):
-            vbll_known = {f.name for f in fields(VBLLConfig)}
-            bad = sorted(set(data["vbll"]) - vbll_known)
-            if bad:
-                raise PolarVBLLError(f"{path}: unknown vbll option(s) {', '.join(bad)}")
+        if not isinstance(data, dict):
+            raise PolarVBLLError(f"{path}: expected a JSON object of options, got {type(data).__name__}")
         data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        return cls.from_dict(data, path)
+
+
+# what `fit --resume` may change: how long to train (extending a finished run) and how it logs and evaluates
+RESUME_OPTIONS = ("steps", "checkpoint_every", "log_every", "eval_split", "eval_limit", "eval_batch_size")
+
+
+def _line_of(text: str, name: str) -> str:
+    """``:N`` for the line of ``text`` that sets ``name`` (a TOML key or a JSON key), or ``""``."""
+    key = name.rsplit(".", 1)[-1]
+    pattern = re.compile(rf'^\s*(?:{re.escape(key)}\s*=|.*"{re.escape(key)}"\s*:)')
+    for number, line in enumerate(text.splitlines(), start=1):
+        if pattern.search(line):
+            return f":{number}"
+    return ""

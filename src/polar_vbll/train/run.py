@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
-
-from safetensors.torch import load_file
 
 from ..adapters import load_adapter_state
 from ..atomic import atomic_write_json
@@ -16,25 +13,24 @@ from ..data.tasks import _load_file
 from ..errors import PolarVBLLError
 from ..metrics import ood_metrics
 from ..models import load_backbone
+from ..outputs import OutputKind, claim, prepare_output
 from ..report import write_report
+from ..stored import load_tensors, read_json, tensor_metadata
+from .checkpoint import load_head
 from .config import FitConfig
-from .trainer import (
-    FitResult,
-    build_components,
-    calibration_plots,
-    evaluate_components,
-    finish_run,
-    load_head,
-    training_items,
-)
+from .trainer import FitResult, build_components, calibration_plots, evaluate_components, finish_run, training_items
 
 
 def _read_run(run_dir: Path) -> tuple[FitConfig, dict]:
-    try:
-        config = FitConfig(**json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
-        report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise PolarVBLLError(f"{run_dir}: not a finished run ({Path(exc.filename).name} missing)") from None
+    if not run_dir.is_dir():
+        raise PolarVBLLError(f"{run_dir}: no such run folder")
+    for name in ("config.json", "report.json"):
+        if not (run_dir / name).is_file():
+            raise PolarVBLLError(f"{run_dir}: not a finished run ({name} missing)")
+    config = FitConfig.from_dict(read_json(run_dir / "config.json", "run config"), run_dir / "config.json")
+    report = read_json(run_dir / "report.json", "run report")
+    if not isinstance(report, dict) or not isinstance(report.get("timings"), dict):
+        raise PolarVBLLError(f"{run_dir / 'report.json'}: not a run report (no timings)")
     return config, report
 
 
@@ -45,9 +41,11 @@ def load_run(run_dir: str | Path, config: FitConfig | None = None) -> FitResult:
     """
     run_dir = Path(run_dir)
     saved, report = _read_run(run_dir)
-    backbone, task, head = build_components(config or saved, load_backbone(saved.model), restore=True)
     adapter_file = run_dir / "adapter" / "adapter_model.safetensors"
-    load_adapter_state(backbone.model, load_file(str(adapter_file)), str(adapter_file))
+    tensor_metadata(adapter_file, "adapter weights")  # a missing or truncated file fails before the model loads
+    tensor_metadata(run_dir / "head.safetensors", "head")
+    backbone, task, head = build_components(config or saved, load_backbone(saved.model), restore=True)
+    load_adapter_state(backbone.model, load_tensors(adapter_file, "adapter weights"), str(adapter_file))
     load_head(head, run_dir / "head.safetensors", refit=config is not None)
     backbone.eval()
     head.eval()
@@ -107,13 +105,10 @@ def refine(
     config = refined_config(saved, temperature_scaling, laplace, **options)
     if out.resolve() == run_dir.resolve():
         raise PolarVBLLError(f"refine: --out must differ from the run folder {run_dir}")
-    if (out / "config.json").exists():
-        if not overwrite:
-            raise PolarVBLLError(f"{out} already holds a run; --overwrite it or choose another --out")
-        shutil.rmtree(out)
+    prepare_output(out, OutputKind.RUN, overwrite=overwrite)
     run = load_run(run_dir, config)
     items, held_out = training_items(run.task, config)
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out, "config.json", "train_log.jsonl")
     atomic_write_json(out / "config.json", config.to_dict())
     shutil.copyfile(run_dir / "train_log.jsonl", out / "train_log.jsonl")
     flags = ["--temperature-scaling"] * temperature_scaling + ["--laplace"] * laplace
@@ -155,6 +150,10 @@ def evaluate_run(
     Tasks must answer with the run's label words; for lettered tasks with more choices than the run has classes
     (ARC has 3-5 under an OBQA-trained 4-class head), the items with too many choices are dropped and counted.
     """
+    if limit is not None and limit < 1:
+        raise PolarVBLLError(f"limit: must be >= 1 (leave it unset for all), got {limit}")
+    if out is not None:
+        prepare_output(out, OutputKind.EVALUATION)
     run = load_run(run_dir)
     config = run.config
     target = get_task(task, config.template) if task else run.task

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from ..errors import PolarVBLLError
+from ..stored import load_tensors, read_json
 
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
@@ -55,5 +58,18 @@ def save_state(state: dict[str, Any], folder: Path, name: str) -> None:
 
 
 def load_state(folder: Path, name: str) -> dict[str, Any]:
-    tensors = load_file(str(folder / f"{name}.safetensors"))
-    return _decode(json.loads((folder / f"{name}.json").read_text(encoding="utf-8")), tensors)
+    tensors = load_tensors(folder / f"{name}.safetensors", "checkpoint state")
+    skeleton = read_json(folder / f"{name}.json", "checkpoint state")
+    try:
+        return _decode(skeleton, tensors)
+    except KeyError as exc:
+        raise PolarVBLLError(f"{folder / name}.json: names tensor {exc} that {name}.safetensors lacks") from None
+
+
+def saved_step(folder: Path, name: str = "state") -> int:
+    """The step a checkpoint was written at, read from its JSON alone."""
+    path = folder / f"{name}.json"
+    try:
+        return int(read_json(path, "checkpoint state")["__dict__"]["step"])
+    except (KeyError, TypeError, ValueError):
+        raise PolarVBLLError(f"{path}: no step recorded (damaged checkpoint)") from None

@@ -17,7 +17,6 @@ import json
 import math
 import platform
 import shlex
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,34 +24,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..adapters import (
     adapter_diagnostics,
     adapter_parameters,
-    adapter_state_dict,
     cached_covariances,
     collect_covariances,
     count_trainable,
     inject_adapters,
-    load_adapter_state,
     make_config,
     model_tuner,
     save_adapter,
 )
 from ..adapters.base import target_names
-from ..atomic import atomic_directory, atomic_write_json, atomic_write_text
+from ..atomic import atomic_write_json
 from ..data import TaskSpec, collate, encode_items, get_task, iter_batches, label_token_ids
 from ..errors import PolarVBLLError
 from ..metrics import classification_metrics, criterion_scores, selective_metrics
-from ..models import Backbone, load_backbone
+from ..models import Backbone, load_backbone, resolve_model
 from ..models.cache import cache_root
 from ..optim import build_optimizer
+from ..outputs import OutputKind, claim, prepare_output
 from ..report import write_report
 from ..uq import UQ_METHODS, UQHead, fit_temperature, uncertainty_decomposition
+from .checkpoint import (
+    FitInterrupted,
+    interrupted_message,
+    load_checkpoint,
+    resumed_config,
+    save_checkpoint,
+    save_head,
+    truncate_log,
+)
 from .config import FitConfig
-from .state import load_state, save_state
 
 StepCallback = Callable[[int, dict], None]
 
@@ -75,14 +80,22 @@ class FitResult:
         return predict_run(self, questions, **options)
 
 
-def warmup_linear(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0."""
-    warmup = int(math.ceil(total_steps * warmup_ratio))
+def warmup_linear(total_steps: int, warmup_ratio: float, restarts: Iterable[int] = ()) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0.
+
+    ``restarts`` cut the steps into cycles [0, r₁), [r₁, r₂), ..., [r_k, total): each cycle warms up over
+    ``warmup_ratio`` of its own length and decays to 0 at its end (an extended run starts a new cycle).
+    """
+    bounds = [0, *restarts, total_steps]
 
     def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        cycle = max(i for i in range(len(bounds) - 1) if bounds[i] <= step) if step >= 0 else 0
+        start, end = bounds[cycle], bounds[cycle + 1]
+        length, local = end - start, step - start
+        warmup = int(math.ceil(length * warmup_ratio))
+        if local < warmup:
+            return (local + 1) / warmup
+        return max(0.0, (length - local) / max(1, length - warmup))
 
     return factor
 
@@ -110,7 +123,8 @@ def build_components(
     """
     torch.manual_seed(config.seed)
     backbone = backbone or load_backbone(config.model)
-    task = get_task(config.task, config.template)
+    # a new fit has refused an ambiguous task name already (_check_inputs); a saved one meant the bundled task
+    task = get_task(config.task, config.template, registered_first=True)
     label_ids = label_token_ids(backbone.tokenizer, task.label_words(), task.name)
     init_weight = backbone.lm_head.weight.detach()[label_ids].clone().float()
     if n_train is None:
@@ -271,19 +285,6 @@ def calibration_plots(evaluation: dict) -> dict[str, bytes]:
     )
 
 
-def save_head(head: UQHead, path: Path) -> None:
-    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(path))
-
-
-def load_head(head: UQHead, path: Path, refit: bool = False) -> None:
-    """Load a saved head; ``refit=True`` allows buffers the saved head lacks (a posterior about to be fitted)."""
-    state = load_file(str(path))
-    state.setdefault("temperature", torch.ones(()))  # runs written before temperature scaling existed
-    missing, unexpected = head.load_state_dict(state, strict=not refit)
-    if unexpected:
-        raise PolarVBLLError(f"{path}: unexpected head tensors {unexpected[:3]} for {type(head).__name__}")
-
-
 def _phase(step: int, config: FitConfig) -> str:
     if not config.alternate:
         return "joint"
@@ -311,20 +312,11 @@ def fit(
     """
     out = Path(out)
     if resume:
-        try:
-            config = FitConfig(**json.loads((out / "config.json").read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise PolarVBLLError(f"{out}: no config.json to resume from") from None
-        if not (out / "checkpoint").is_dir():
-            raise PolarVBLLError(f"{out}: no checkpoint/ to resume from")
+        config = resumed_config(out, overrides)
     else:
         config = config or FitConfig(**overrides)
-        if (out / "config.json").exists():
-            if not overwrite:
-                raise PolarVBLLError(
-                    f"{out} already holds a run; resume it (--resume), --overwrite it, or choose another --out"
-                )
-            shutil.rmtree(out)
+        _check_inputs(config)  # before --overwrite removes anything
+        prepare_output(out, OutputKind.RUN, overwrite=overwrite)
     backbone, task, head = build_components(config, backbone)
     items, held_out = training_items(task, config)
     adapter_params = adapter_parameters(backbone.model)
@@ -338,87 +330,111 @@ def fit(
         landing_lambda=config.landing_lambda,
     )
     head_opt = torch.optim.Adam(head.parameters(), lr=config.lr_head)
-    schedule = warmup_linear(config.steps, config.warmup_ratio)
+    schedule = warmup_linear(config.steps, config.warmup_ratio, config.lr_restarts)
     optimizers = [adapter_opt, head_opt]
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
     start_step, correct, seen = 0, 0, 0
     if resume:
-        start_step, correct, seen = _load_checkpoint(out / "checkpoint", backbone, head, optimizers)
-        _truncate_log(out / "train_log.jsonl", start_step)
+        start_step, correct, seen = load_checkpoint(out / "checkpoint", backbone, head, optimizers)
+        truncate_log(out / "train_log.jsonl", start_step)
     else:
-        out.mkdir(parents=True, exist_ok=True)
+        claim(out, "config.json", "train_log.jsonl", "checkpoint")
         atomic_write_json(out / "config.json", config.to_dict())
         (out / "train_log.jsonl").write_text("", encoding="utf-8")
+    checkpoint_step = start_step if resume else None
     pad_id = backbone.tokenizer.pad_token_id
     bar = tqdm(
         range(start_step, config.steps), initial=start_step, total=config.steps, desc="fit", disable=not progress
     )
     train_start = time.perf_counter()
-    for step in bar:
-        backbone.train()
-        head.train()
-        idx = batch_indices(step, config.batch_size, len(items), config.seed)
-        batch = collate(
-            encode_items(backbone.tokenizer, task, [items[i] for i in idx], config.max_length), pad_id, task.num_classes
-        )
-        phase = _phase(step, config)
-        if tuner is not None:
-            tuner.on_step(step, adapter_opt)
-        factor = schedule(step)
-        for optimizer in optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
-        loss, terms, point = head.training_loss(backbone, batch, train_backbone=phase != "head")
-        adapter_opt.zero_grad(set_to_none=True)
-        head_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if phase in ("head", "joint"):
-            _clip(head.parameters(), config.grad_clip)
-            head_opt.step()
-        if phase in ("adapter", "joint"):
-            _clip(adapter_params, config.grad_clip)
-            adapter_opt.step()
-        hits = int((point.argmax(-1) == batch["labels"]).sum())
-        correct, seen = correct + hits, seen + len(idx)
-        logs = {
-            "step": step + 1,
-            "phase": phase,
-            "loss": loss.item(),
-            **terms,
-            "acc_running": correct / seen,
-            "lr_adapter": config.lr_adapter * factor,
-            "lr_head": config.lr_head * factor,
-        }
-        if config.log_every and (step + 1) % config.log_every == 0:
-            logs.update(adapter_diagnostics(backbone.model))
-        with (out / "train_log.jsonl").open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(logs) + "\n")
-        bar.set_postfix(
-            loss=f"{loss.item():.3f}",
-            acc=f"{correct / seen:.3f}",
-            phase=phase,
-            **{key: f"{value:.3g}" for key, value in terms.items()},
-        )
-        if (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0) or step + 1 == config.steps:
-            _save_checkpoint(out / "checkpoint", step + 1, backbone, head, optimizers, correct, seen)
-        for callback in callbacks:
-            callback(step + 1, logs)
+    step = start_step
+    try:
+        for step in bar:
+            backbone.train()
+            head.train()
+            idx = batch_indices(step, config.batch_size, len(items), config.seed)
+            batch = collate(
+                encode_items(backbone.tokenizer, task, [items[i] for i in idx], config.max_length),
+                pad_id,
+                task.num_classes,
+            )
+            phase = _phase(step, config)
+            if tuner is not None:
+                tuner.on_step(step, adapter_opt)
+            factor = schedule(step)
+            for optimizer in optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * factor
+            loss, terms, point = head.training_loss(backbone, batch, train_backbone=phase != "head")
+            adapter_opt.zero_grad(set_to_none=True)
+            head_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if phase in ("head", "joint"):
+                _clip(head.parameters(), config.grad_clip)
+                head_opt.step()
+            if phase in ("adapter", "joint"):
+                _clip(adapter_params, config.grad_clip)
+                adapter_opt.step()
+            hits = int((point.argmax(-1) == batch["labels"]).sum())
+            correct, seen = correct + hits, seen + len(idx)
+            logs = {
+                "step": step + 1,
+                "phase": phase,
+                "loss": loss.item(),
+                **terms,
+                "acc_running": correct / seen,
+                "lr_adapter": config.lr_adapter * factor,
+                "lr_head": config.lr_head * factor,
+            }
+            if config.log_every and (step + 1) % config.log_every == 0:
+                logs.update(adapter_diagnostics(backbone.model))
+            with (out / "train_log.jsonl").open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(logs) + "\n")
+            bar.set_postfix(
+                loss=f"{loss.item():.3f}",
+                acc=f"{correct / seen:.3f}",
+                phase=phase,
+                **{key: f"{value:.3g}" for key, value in terms.items()},
+            )
+            if (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0) or step + 1 == config.steps:
+                save_checkpoint(out / "checkpoint", step + 1, backbone, head, optimizers, correct, seen)
+                checkpoint_step = step + 1
+            for callback in callbacks:
+                callback(step + 1, logs)
+    except KeyboardInterrupt:
+        bar.close()
+        raise FitInterrupted(interrupted_message(out, step, checkpoint_step, config)) from None
     bar.close()
-    return finish_run(
-        config,
-        backbone,
-        head,
-        task,
-        items,
-        held_out,
-        out,
-        train_s=time.perf_counter() - train_start,
-        start_step=start_step,
-        command=command,
-        progress=progress,
-    )
+    try:
+        return finish_run(
+            config,
+            backbone,
+            head,
+            task,
+            items,
+            held_out,
+            out,
+            train_s=time.perf_counter() - train_start,
+            start_step=start_step,
+            command=command,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        raise FitInterrupted(interrupted_message(out, config.steps, config.steps, config)) from None
+
+
+def _check_inputs(config: FitConfig) -> None:
+    """The model and task exist, and the report will not score the training examples unless asked to (a folder
+    holding only ``train.jsonl``)."""
+    resolve_model(config.model)
+    task = get_task(config.task, config.template)
+    if config.eval_split is None and task.eval_split == "train":
+        raise PolarVBLLError(
+            f"task '{config.task}': only a train split, so the report would score the training examples; add a "
+            "validation.jsonl (or test.jsonl) beside it, or pass --eval-split train to do so knowingly"
+        )
 
 
 def finish_run(
@@ -447,6 +463,7 @@ def finish_run(
     if config.temperature_scaling:
         _fit_temperature(backbone, head, task, held_out, config)
     post_hoc_s = time.perf_counter() - start
+    claim(out, "adapter", "head.safetensors")
     save_adapter(backbone.model, out / "adapter")
     save_head(head, out / "head.safetensors")
     evaluation = evaluate_components(backbone, head, task, config, limit=config.eval_limit, progress=progress)
@@ -523,37 +540,3 @@ def _run_report(config, backbone, task, evaluation, out, command, trainable, tot
             "transformers": transformers.__version__,
         },
     }
-
-
-def _save_checkpoint(folder: Path, step: int, backbone, head, optimizers, correct: int, seen: int) -> None:
-    with atomic_directory(folder) as tmp:
-        save_file(adapter_state_dict(backbone.model), str(tmp / "adapter.safetensors"))
-        save_head(head, tmp / "head.safetensors")
-        save_state(
-            {
-                "step": step,
-                "correct": correct,
-                "seen": seen,
-                "optimizers": [o.state_dict() for o in optimizers],
-                "rng": torch.get_rng_state(),
-            },
-            tmp,
-            "state",
-        )
-
-
-def _load_checkpoint(folder: Path, backbone, head, optimizers) -> tuple[int, int, int]:
-    load_adapter_state(backbone.model, load_file(str(folder / "adapter.safetensors")), str(folder))
-    load_head(head, folder / "head.safetensors")
-    state = load_state(folder, "state")
-    for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
-        optimizer.load_state_dict(saved)
-    torch.set_rng_state(state["rng"])
-    return int(state["step"]), int(state["correct"]), int(state["seen"])
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Keep the log lines of steps up to the checkpoint (a killed run may have logged a few more)."""
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    kept = [line for line in lines if line and json.loads(line)["step"] <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))

@@ -30,6 +30,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ..errors import PolarVBLLError
+from ..fields import ConfigFieldError, check_types
 from ..fields import help_field as _help
 from ..models.backbone import mask_choices
 from .base import UQ_METHODS, UQHead, UQMethod
@@ -63,23 +64,13 @@ class VBLLConfig:
     n_samples: int = _help("logit samples of the Monte-Carlo predictive (one backbone pass)", 1000)
 
     def __post_init__(self):
-        choices = {
-            "covariance": ("dense", "diagonal", "lowrank"),
-            "objective": ("jensen", "mc"),
-            "predictive": ("mc", "probit"),
-            "prior_mean": ("init", "zero"),
-            "cov_init": ("vbll", "prior"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise PolarVBLLError(
-                    f"VBLLConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
-                )
+        check_types(self)
         for name in ("cov_rank", "num_particles", "n_samples"):
-            if int(getattr(self, name)) < 1:
-                raise PolarVBLLError(f"VBLLConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.prior_scale <= 0 or self.wishart_scale <= 0:
-            raise PolarVBLLError("VBLLConfig.prior_scale and wishart_scale must be > 0")
+            if getattr(self, name) < 1:
+                raise ConfigFieldError("VBLLConfig", name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("prior_scale", "wishart_scale"):
+            if not getattr(self, name) > 0:
+                raise ConfigFieldError("VBLLConfig", name, f"must be > 0, got {getattr(self, name)}")
 
 
 def _data_plate(features: torch.Tensor, n_data: int | None):

@@ -149,16 +149,19 @@ def test_blob_posterior_mean_and_its_training_log(tiny_dir, task_dir, tmp_path):
 
 
 def test_bad_uq_adapter_combinations(tiny_dir, task_dir, tmp_path):  # noqa: F811
-    with pytest.raises(PolarVBLLError, match="'pissa' does not"):
+    with pytest.raises(PolarVBLLError, match="uq 'ensemble' needs an adapter with shared_base .*'pissa' does not"):
         fit(config(tiny_dir, task_dir, adapter="pissa", uq="ensemble", steps=1), tmp_path / "a", progress=False)
-    with pytest.raises(PolarVBLLError, match="mc_dropout needs an adapter that wraps Linear layers"):
+    with pytest.raises(
+        PolarVBLLError,
+        match=r"uq 'mc_dropout' needs an adapter with wraps_linear \(wraps nn.Linear modules.*'lisa' does not",
+    ):
         fit(config(tiny_dir, task_dir, adapter="lisa", uq="mc_dropout", steps=1), tmp_path / "b", progress=False)
     with pytest.raises(PolarVBLLError, match="calibration_size=100 leaves no training examples of 24"):
         fit(config(tiny_dir, task_dir, uq="temperature", calibration_size=100), tmp_path / "c", progress=False)
 
 
 def test_corda_covariances_are_cached_and_reused(tiny_dir, task_dir, tmp_path, monkeypatch):  # noqa: F811
-    import polar_vbll.train.trainer as trainer
+    import polar_vbll.adapters.corda as corda
 
     options = {"adapter": "corda", "uq": "map", "steps": 1, **OPTIONS["corda"]}
     first = fit(config(tiny_dir, task_dir, **options), tmp_path / "a", progress=False)
@@ -166,7 +169,7 @@ def test_corda_covariances_are_cached_and_reused(tiny_dir, task_dir, tmp_path, m
     def no_recompute(*args, **kwargs):
         raise AssertionError("covariances were recomputed instead of read from the cache")
 
-    monkeypatch.setattr(trainer, "collect_covariances", no_recompute)
+    monkeypatch.setattr(corda, "collect_covariances", no_recompute)
     second = fit(config(tiny_dir, task_dir, **options), tmp_path / "b", progress=False)
     assert second.report["metrics"] == first.report["metrics"]
     with pytest.raises(AssertionError, match="recomputed"):  # other settings, another cache entry

@@ -61,5 +61,7 @@ def test_blob_rejects_adapters_without_a_posterior_factor():
 
     backbone = tiny_backbone()
     inject_adapters(backbone.model, make_config("dora", r=2))
-    with pytest.raises(PolarVBLLError, match="blob works on LoRA-type and PoLAR adapters, not DoraLinear"):
+    with pytest.raises(
+        PolarVBLLError, match=r"blob needs an adapter with gaussian_factor .*; DoraLinear does not declare it"
+    ):
         BlobHead(torch.zeros(2, 32), 10, 2).attach(backbone)

@@ -108,7 +108,7 @@ def test_prior_precision_maximizes_the_marginal_likelihood_and_errors():
 
     best = info["prior_precision"]
     assert log_z(best) >= max(log_z(best * 1.2), log_z(best / 1.2))
-    with pytest.raises(PolarVBLLError, match="laplace over PoLAR needs theta='full'"):
+    with pytest.raises(PolarVBLLError, match="PoLAR's linear maps need theta='full'"):
         b = tiny_backbone()
         inject_adapters(b.model, make_config("polar", r=2, theta="diagonal"))
         LaplaceHead(torch.zeros(2, 32)).attach(b)

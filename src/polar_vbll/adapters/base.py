@@ -24,6 +24,7 @@ from ..fields import help_field as _help
 from ..outputs import check_replaceable
 from ..registry import Registry
 from ..stored import load_tensors, read_json, tensor_metadata
+from .capabilities import CAPABILITY_HELP, Capability, GaussianFactor, LinearMap
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -94,7 +95,11 @@ class AdapterLinear(nn.Module, abc.ABC):
     """
 
     #: whether initialization changes the base weight (then several members cannot share one base)
-    alters_base: bool = False
+    alters_base: ClassVar[bool] = False
+    #: what the layer offers uncertainty methods beyond wrapping a Linear (:mod:`.capabilities`)
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    #: whether initialization needs the model's inputs on training data (:meth:`prepare`, e.g. CorDA's covariances)
+    needs_data: ClassVar[bool] = False
 
     def __init__(self, base_layer: nn.Linear, config: AdapterConfig, **init):
         super().__init__()
@@ -155,6 +160,20 @@ class AdapterLinear(nn.Module, abc.ABC):
     def low_rank_factors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(U (out, k), V (k, in)) with ΔW = U V, for cheap diagnostics; ``(ΔW, None)`` when not low-rank."""
         return self.delta_weight(), None
+
+    def linear_maps(self) -> list[LinearMap]:
+        """The maps y = W a with trained weight W inside this layer (capability ``linear_maps``)."""
+        raise PolarVBLLError(f"{type(self).__name__} declares no {Capability.LINEAR_MAPS.value}")
+
+    def gaussian_factor(self) -> GaussianFactor:
+        """The factor that carries a Gaussian posterior (capability ``gaussian_factor``)."""
+        raise PolarVBLLError(f"{type(self).__name__} declares no {Capability.GAUSSIAN_FACTOR.value}")
+
+    @classmethod
+    def prepare(cls, model: nn.Module, config: AdapterConfig, inputs) -> dict:
+        """Initialization data computed from the model's inputs (``needs_data``): ``inputs`` is a
+        :class:`~polar_vbll.train.prepare.TrainingInputs`; the result is passed to :meth:`plan` as ``**data``."""
+        return {}
 
 
 class AdapterEnsemble(nn.Module):
@@ -220,11 +239,42 @@ class ModelTuner(abc.ABC):
 
 @dataclass(frozen=True)
 class AdapterMethod:
-    """A registered method: its config class and either a Linear wrapper (``layer``) or a model tuner."""
+    """A registered method: its config class and either a Linear wrapper (``layer``) or a model tuner.
+
+    ``riemannian``: its factors live on manifolds, so a Euclidean optimizer (adamw) is refused;
+    ``default_optimizer`` is used when none is asked for.
+    """
 
     config: type[TunerConfig]
     layer: type[AdapterLinear] | None = None
     tuner: type[ModelTuner] | None = None
+    default_optimizer: str = "adamw"
+    riemannian: bool = False
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """What the method offers uncertainty methods (:mod:`.capabilities`)."""
+        if self.layer is None:
+            return frozenset()
+        shared = {Capability.SHARED_BASE} if not self.layer.alters_base else set()
+        return frozenset({Capability.WRAPS_LINEAR, *shared, *self.layer.capabilities})
+
+
+def require_capability(layer: AdapterLinear, capability: Capability, who: str) -> None:
+    """Refuse, with one line, an adapter layer that does not declare ``capability``, which ``who`` needs."""
+    if capability not in layer.capabilities:
+        raise PolarVBLLError(
+            f"{who} needs an adapter with {capability.value} ({CAPABILITY_HELP[capability]}); "
+            f"{type(layer).__name__} does not declare it"
+        )
+
+
+def check_capabilities(method: str, required: frozenset[Capability], who: str) -> None:
+    """Refuse, with one line, an adapter ``method`` that lacks a capability ``who`` (an uncertainty method) needs."""
+    missing = sorted(required - ADAPTERS.get(method).capabilities)
+    if missing:
+        needs = ", ".join(f"{c.value} ({CAPABILITY_HELP[c]})" for c in missing)
+        raise PolarVBLLError(f"{who} needs an adapter with {needs}; '{method}' does not declare it")
 
 
 ADAPTERS: Registry[AdapterMethod] = Registry("adapter")

@@ -9,6 +9,8 @@ The adapter factors split Σ evenly as in PiSSA; base ← W − s·B₀A₀.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,8 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_write_bytes
 from ..errors import PolarVBLLError
 from ..fields import help_field as _help
-from .base import ADAPTERS, AdapterMethod
+from ..models.cache import cache_root
+from .base import ADAPTERS, AdapterMethod, target_names
 from .lora import LoraConfig
 from .pissa import split_singular
 from .residual import ResidualLoraLinear
@@ -61,6 +64,23 @@ def damped_inverse(covariance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 class CordaLinear(ResidualLoraLinear):
+    needs_data = True
+
+    @classmethod
+    def prepare(cls, model: nn.Module, config: CordaConfig, inputs) -> dict:
+        """The input covariances of the target layers over ``config.samples`` seeded training examples of the
+        covariance task (one forward each), cached in ``$POLAR_VBLL_CACHE/corda/`` by model, task and settings."""
+        names = target_names(model, config.target_modules)
+        key = {**inputs.describe(config.covariance_task, config.samples), "targets": names}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+        def compute():
+            return collect_covariances(
+                model, names, lambda: inputs.run(config.covariance_task, config.samples, "CorDA covariances")
+            )
+
+        return {"covariances": cached_covariances(cache_root() / "corda" / f"{digest}.safetensors", compute)}
+
     @classmethod
     def plan(cls, model, config, names, restore, covariances: dict[str, torch.Tensor] | None = None, **data):
         if restore:

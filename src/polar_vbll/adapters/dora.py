@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import ADAPTERS, AdapterMethod, LowRankConfig
+from .base import ADAPTERS, AdapterLinear, AdapterMethod, LowRankConfig
 from .lora import LoraLinear
 
 
@@ -21,6 +21,11 @@ class DoraConfig(LowRankConfig):
 
 class DoraLinear(LoraLinear):
     """LoRA factors plus ``magnitude`` (out,), initialized to the row norms of the base weight."""
+
+    # the column normalization makes ΔW nonlinear in A and B: no linear maps, no linear Gaussian factor
+    capabilities = frozenset()
+    linear_maps = AdapterLinear.linear_maps
+    gaussian_factor = AdapterLinear.gaussian_factor
 
     def __init__(self, base_layer: nn.Linear, config: LowRankConfig, **init):
         super().__init__(base_layer, config, **init)

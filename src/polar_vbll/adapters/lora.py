@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .base import ADAPTERS, AdapterLinear, AdapterMethod, LowRankConfig
+from .capabilities import Capability, GaussianFactor, LinearMap
 
 
 @dataclass
@@ -18,6 +19,8 @@ class LoraConfig(LowRankConfig):
 
 class LoraLinear(AdapterLinear):
     """``lora_A`` (r, in), ``lora_B`` (out, r), in fp32 whatever the base dtype."""
+
+    capabilities = frozenset({Capability.LINEAR_MAPS, Capability.GAUSSIAN_FACTOR})
 
     def __init__(self, base_layer: nn.Linear, config: LowRankConfig, **init):
         super().__init__(base_layer, config, **init)
@@ -35,6 +38,18 @@ class LoraLinear(AdapterLinear):
 
     def low_rank_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lora_B * self.scaling, self.lora_A
+
+    def linear_maps(self) -> list[LinearMap]:
+        """A: a = x, g = s·Bᵀ∂y; B: a = A x, g = s·∂y (the update is s·B A x)."""
+        s, a_factor, b_factor = self.scaling, self.lora_A, self.lora_B
+        return [
+            LinearMap("A", a_factor, lambda x, go: (x, s * go @ b_factor)),
+            LinearMap("B", b_factor, lambda x, go: (x @ a_factor.T, s * go)),
+        ]
+
+    def gaussian_factor(self) -> GaussianFactor:
+        """A (r, in) carries BLoB's Gaussian: Δy = s · B A x."""
+        return GaussianFactor(self.lora_A, lambda x: x, self.lora_B, self.scaling)
 
 
 ADAPTERS.register("lora", AdapterMethod(LoraConfig, LoraLinear))

@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import PolarVBLLError
 from ..fields import help_field as _help
 from .base import ADAPTERS, AdapterLinear, AdapterMethod, LowRankConfig
+from .capabilities import Capability, GaussianFactor, LinearMap
 
 STIEFEL = geoopt.Stiefel(canonical=False)  # Euclidean metric, QR retraction on the tall (n, r) factor
 
@@ -34,6 +35,8 @@ class PolarConfig(LowRankConfig):
 
 class PolarLinear(AdapterLinear):
     """``polar_X`` (out, r) and ``polar_Y`` (in, r) on Stiefel manifolds; ``polar_theta`` (r, r) or (r,)."""
+
+    capabilities = frozenset({Capability.LINEAR_MAPS, Capability.GAUSSIAN_FACTOR})
 
     def __init__(self, base_layer: nn.Linear, config: PolarConfig, **init):
         super().__init__(base_layer, config, **init)
@@ -60,5 +63,16 @@ class PolarLinear(AdapterLinear):
     def low_rank_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.polar_X @ self.theta_matrix() * self.scaling, self.polar_Y.T
 
+    def linear_maps(self) -> list[LinearMap]:
+        """Θ alone (X, Y stay point estimates on their manifolds): a = Yᵀx, g = s·Xᵀ∂y."""
+        if self.polar_theta.dim() != 2:
+            raise PolarVBLLError("PoLAR's linear maps need theta='full' (a diagonal Θ is not a linear map here)")
+        s, x_factor, y_factor = self.scaling, self.polar_X, self.polar_Y
+        return [LinearMap("theta", self.polar_theta, lambda x, go: (x @ y_factor, s * go @ x_factor))]
 
-ADAPTERS.register("polar", AdapterMethod(PolarConfig, PolarLinear))
+    def gaussian_factor(self) -> GaussianFactor:
+        """Θ carries the Gaussian (an additive Gaussian on X or Y would leave the manifold): Δy = s · X Θ Yᵀ x."""
+        return GaussianFactor(self.polar_theta, lambda x: x @ self.polar_Y, self.polar_X, self.scaling)
+
+
+ADAPTERS.register("polar", AdapterMethod(PolarConfig, PolarLinear, default_optimizer="geoopt", riemannian=True))

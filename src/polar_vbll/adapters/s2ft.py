@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import PolarVBLLError
 from ..fields import help_field as _help
 from .base import ADAPTERS, AdapterConfig, AdapterLinear, AdapterMethod
+from .capabilities import Capability, LinearMap
 
 ATTENTION = {"q_proj": "rows", "k_proj": "rows", "v_proj": "rows", "o_proj": "cols"}
 FFN = {"gate_proj": "rows", "up_proj": "rows", "down_proj": "cols"}
@@ -112,6 +113,7 @@ class S2FTLinear(AdapterLinear):
     trainable ``s2ft_delta`` on the first ``trainable`` rows (out: k×in) or columns (cols: out×k), or none."""
 
     alters_base = True
+    capabilities = frozenset({Capability.LINEAR_MAPS})
 
     def __init__(self, base_layer: nn.Linear, config: S2FTConfig, axis: str, trainable: int, perm=None):
         super().__init__(base_layer, config)
@@ -158,6 +160,15 @@ class S2FTLinear(AdapterLinear):
             else:
                 weight[:, :k] = self.s2ft_delta
         return weight
+
+    def linear_maps(self) -> list[LinearMap]:
+        """The trained block (none for a coupled partner without one): rows: a = x, g = ∂y[:k]; cols: a = x[:k]."""
+        if self.s2ft_delta is None:
+            return []
+        k = self.s2ft_delta.shape[1 if self.axis == "cols" else 0]
+        if self.axis == "cols":
+            return [LinearMap("delta", self.s2ft_delta, lambda x, go: (x[..., :k], go))]
+        return [LinearMap("delta", self.s2ft_delta, lambda x, go: (x, go[..., :k]))]
 
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
         if "s2ft_perm" in state:

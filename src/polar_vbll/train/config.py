@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from ..adapters.base import ADAPTERS, make_config
+from ..adapters.base import ADAPTERS, check_capabilities, make_config
 from ..data.encoding import DEFAULT_MAX_LENGTH
 from ..errors import PolarVBLLError
 from ..fields import ConfigFieldError, check_types, from_mapping
@@ -95,7 +95,6 @@ class FitConfig:
         if isinstance(self.vbll, dict):
             self.vbll = from_mapping(VBLLConfig, self.vbll, "FitConfig.vbll")
         check_types(self)
-        ADAPTERS.get(self.adapter)
         method = UQ_METHODS.get(self.uq)
         if self.temperature_scaling is None:
             self.temperature_scaling = method.post_hoc_temperature
@@ -110,14 +109,16 @@ class FitConfig:
                 raise ConfigFieldError("FitConfig", name, f"must be >= 1, got {getattr(self, name)}")
         if self.blob_samples < 0:
             raise ConfigFieldError("FitConfig", "blob_samples", f"must be >= 0, got {self.blob_samples}")
+        adapter = ADAPTERS.get(self.adapter)
         if self.optimizer is None:
-            self.optimizer = "geoopt" if self.adapter == "polar" else "adamw"
-        if self.optimizer not in ("geoopt", "landing", "adamw"):
-            raise PolarVBLLError(f"FitConfig.optimizer must be geoopt, landing or adamw, got {self.optimizer!r}")
-        if self.adapter == "polar" and self.optimizer == "adamw":
-            raise PolarVBLLError("FitConfig.optimizer: polar needs geoopt or landing (adamw ignores the manifold)")
+            self.optimizer = adapter.default_optimizer
+        if adapter.riemannian and self.optimizer == "adamw":
+            raise PolarVBLLError(
+                f"FitConfig.optimizer: {self.adapter} needs geoopt or landing (adamw ignores the manifold)"
+            )
+        check_capabilities(self.adapter, method.requires(self), f"uq '{self.uq}'")
         if self.alternate is None:
-            self.alternate = self.uq == "vbll"
+            self.alternate = method.alternates
         for name in ("steps", "batch_size", "max_length", "eval_batch_size", "r", "laplace_samples"):
             if getattr(self, name) < 1:
                 raise ConfigFieldError("FitConfig", name, f"must be >= 1, got {getattr(self, name)}")
@@ -144,8 +145,10 @@ class FitConfig:
             self.head_steps < 0 or self.adapter_steps < 0 or self.head_steps + self.adapter_steps < 1
         ):
             raise PolarVBLLError("FitConfig.head_steps and adapter_steps must be >= 0 with a positive sum")
-        if self.laplace and self.uq != "vbll":
-            raise PolarVBLLError(f"FitConfig.laplace refines the VBLL head; uq is {self.uq!r}")
+        if self.laplace and not method.last_layer_laplace:
+            raise PolarVBLLError(
+                f"FitConfig.laplace refines the VBLL head's posterior; uq {self.uq!r} has none (MAP: --uq laplace)"
+            )
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigFieldError("FitConfig", "warmup_ratio", f"must lie in [0, 1), got {self.warmup_ratio}")
         make_config(self.adapter, **self.adapter_options())  # validates the adapter's options now

@@ -12,7 +12,6 @@ Run folder (``out``):
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import platform
@@ -29,21 +28,18 @@ from tqdm.auto import tqdm
 from ..adapters import (
     adapter_diagnostics,
     adapter_parameters,
-    cached_covariances,
-    collect_covariances,
     count_trainable,
     inject_adapters,
     make_config,
     model_tuner,
     save_adapter,
 )
-from ..adapters.base import target_names
+from ..adapters.base import ADAPTERS
 from ..atomic import atomic_write_json
 from ..data import TaskSpec, collate, encode_items, get_task, iter_batches, label_token_ids
 from ..errors import PolarVBLLError
 from ..metrics import classification_metrics, criterion_scores, selective_metrics
 from ..models import Backbone, load_backbone, resolve_model
-from ..models.cache import cache_root
 from ..optim import build_optimizer
 from ..outputs import OutputKind, claim, prepare_output
 from ..report import write_report
@@ -58,6 +54,7 @@ from .checkpoint import (
     truncate_log,
 )
 from .config import FitConfig
+from .prepare import TrainingInputs
 
 StepCallback = Callable[[int, dict], None]
 
@@ -132,9 +129,10 @@ def build_components(
     method = UQ_METHODS.get(config.uq)
     head = method.build(init_weight, n_train, config=config.vbll, fit=config)
     adapter = make_config(config.adapter, **config.adapter_options())
+    layer = ADAPTERS.get(config.adapter).layer
     data = {}
-    if config.adapter == "corda" and not restore:
-        data["covariances"] = corda_covariances(backbone, adapter, config)
+    if layer is not None and layer.needs_data and not restore:
+        data = layer.prepare(backbone.model, adapter, TrainingInputs(backbone, config))
     members = config.ensemble_size if method.ensemble else 1
     inject_adapters(backbone.model, adapter, restore=restore, members=members, **data)
     head.attach(backbone)
@@ -159,43 +157,6 @@ def training_items(task: TaskSpec, config: FitConfig) -> tuple[list, list]:
         held_out = [items[i] for i in sorted(held)]
         items = [x for i, x in enumerate(items) if i not in held]
     return items[: config.train_limit or None], held_out
-
-
-def corda_covariances(backbone: Backbone, adapter, config: FitConfig) -> dict[str, torch.Tensor]:
-    """CorDA's input covariances of the target layers over a seeded sample of the covariance task's training
-    examples (one forward per example), cached in ``$POLAR_VBLL_CACHE/corda/`` by model, task and settings."""
-    task = get_task(adapter.covariance_task or config.task, config.template if not adapter.covariance_task else None)
-    names = target_names(backbone.model, adapter.target_modules)
-    key = {
-        "model": backbone.describe(),
-        "task": task.name,
-        "template": task.template.id,
-        "samples": adapter.samples,
-        "max_length": config.max_length,
-        "seed": config.seed,
-        "targets": names,
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    def compute():
-        items = task.load("train")
-        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(config.seed))
-        chosen = [items[i] for i in order[: adapter.samples].tolist()]
-        encoded = encode_items(backbone.tokenizer, task, chosen, config.max_length)
-
-        def run():
-            for _, batch in tqdm(
-                iter_batches(encoded, 1, backbone.tokenizer.pad_token_id, task.num_classes),
-                total=len(chosen),
-                desc="CorDA covariances",
-                unit="ex",
-            ):
-                backbone.features(batch["input_ids"], batch["attention_mask"])
-
-        with torch.no_grad():
-            return collect_covariances(backbone.model, names, run)
-
-    return cached_covariances(cache_root() / "corda" / f"{digest}.safetensors", compute)
 
 
 def _clip(params: Iterable[torch.nn.Parameter], max_norm: float) -> float:

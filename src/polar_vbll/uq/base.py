@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -108,6 +109,12 @@ class UQHead(nn.Module, abc.ABC):
 class UQMethod:
     description: str
     build: object  # callable(init_weight (C, d), n_train, **options) -> UQHead
+    #: the adapter capabilities it needs, given the run's FitConfig (:mod:`polar_vbll.adapters.capabilities`)
+    requires: Callable[[Any], frozenset[str]] = lambda fit: frozenset()
+    #: whether training alternates head and adapter steps by default (VBLL: the head's ELBO, then the adapter's)
+    alternates: bool = False
+    #: whether its head can refine its own posterior by a last-layer Laplace after training (VBLL's ``laplace_``)
+    last_layer_laplace: bool = False
     #: fit a temperature on held-out training examples after training (``--uq temperature``)
     post_hoc_temperature: bool = False
     #: the adapter input dropout the method implies (MC dropout: 0.1)

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..adapters.capabilities import Capability
 from ..errors import PolarVBLLError
 from .base import UQ_METHODS, UQMethod
 from .point import PointHead
@@ -29,34 +30,17 @@ from .point import PointHead
 EPS, BETA = 0.05, 0.2
 
 
-def _posterior_mean(layer) -> torch.Tensor:
-    """The factor with the Gaussian posterior: LoRA's A (r, in) or PoLAR's Θ."""
-    from ..adapters import LoraLinear, PolarLinear
-
-    if isinstance(layer, PolarLinear):
-        return layer.polar_theta
-    if isinstance(layer, LoraLinear) and not hasattr(layer, "magnitude"):
-        return layer.lora_A
-    raise PolarVBLLError(f"blob works on LoRA-type and PoLAR adapters, not {type(layer).__name__}")
-
-
 def flipout_noise(layer, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The flipout noise term of the adapter output for inputs x (..., in) -> (..., out)."""
-    from ..adapters import PolarLinear
-
+    """The flipout noise term of the adapter output for inputs x (..., in) -> (..., out), through the layer's
+    declared Gaussian factor M: out_factor · ((P x ⊙ r)(σ ⊙ E)ᵀ ⊙ s) · scaling, P x the factor's input."""
+    factor = layer.gaussian_factor()
     sigma = layer.blob_rho**2
-    x = layer.dropout(x).to(sigma.dtype)
+    x = factor.project_in(layer.dropout(x).to(sigma.dtype))
     eps = torch.randn(sigma.shape, generator=generator, dtype=sigma.dtype)
-    if isinstance(layer, PolarLinear):
-        x = x @ layer.polar_Y  # (..., r): Θ acts between Yᵀx and X
-        noise = sigma * eps if sigma.dim() == 2 else torch.diag(sigma * eps)
-        out_factor = layer.polar_X  # (out, r)
-    else:
-        noise = sigma * eps  # (r, in)
-        out_factor = layer.lora_B  # (out, r)
+    noise = sigma * eps if sigma.dim() == 2 else torch.diag(sigma * eps)
     r_sign = torch.randint(0, 2, x.shape, generator=generator, dtype=x.dtype) * 2 - 1
     s_sign = torch.randint(0, 2, (*x.shape[:-1], noise.shape[0]), generator=generator, dtype=x.dtype) * 2 - 1
-    return (((x * r_sign) @ noise.T) * s_sign) @ out_factor.T * layer.scaling
+    return (((x * r_sign) @ noise.T) * s_sign) @ factor.out_factor.T * factor.scaling
 
 
 def kl_to_prior(mean: torch.Tensor, sigma: torch.Tensor, beta: float = BETA) -> torch.Tensor:
@@ -83,12 +67,14 @@ class BlobHead(PointHead):
 
     def attach(self, backbone) -> None:
         from ..adapters import adapter_layers
+        from ..adapters.base import require_capability
 
         layers = list(adapter_layers(backbone.model).values())
         if not layers:
-            raise PolarVBLLError("blob needs a LoRA-type or PoLAR adapter (not lisa)")
+            raise PolarVBLLError("blob needs an adapter that wraps Linear layers")
         for layer in layers:
-            mean = _posterior_mean(layer)
+            require_capability(layer, Capability.GAUSSIAN_FACTOR, "blob")
+            mean = layer.gaussian_factor().mean
             if not hasattr(layer, "blob_rho"):
                 rho = torch.empty_like(mean).uniform_(EPS / math.sqrt(2), EPS)
                 layer.blob_rho = nn.Parameter(rho)
@@ -101,7 +87,7 @@ class BlobHead(PointHead):
         return output + flipout_noise(layer, args[0], self._generator).to(output.dtype)
 
     def kl_divergence(self) -> torch.Tensor:
-        return sum(kl_to_prior(_posterior_mean(layer), layer.blob_rho**2) for layer in self._layers)
+        return sum(kl_to_prior(layer.gaussian_factor().mean, layer.blob_rho**2) for layer in self._layers)
 
     def kl_weight(self, step: int) -> float:
         """π_i = 2^i / (2^(M+1) − 1), i = 1..M the position of ``step`` (0-based) in its epoch."""
@@ -135,5 +121,6 @@ UQ_METHODS.register(
         lambda init_weight, n_train, fit=None, **_: BlobHead(
             init_weight, n_train, fit.batch_size if fit else 16, fit.blob_samples if fit else 10
         ),
+        requires=lambda fit: frozenset({Capability.GAUSSIAN_FACTOR}),
     ),
 )

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..adapters.capabilities import Capability
 from ..errors import PolarVBLLError
 from .base import UQ_METHODS, UQHead, UQMethod
 from .point import PointHead
@@ -82,5 +83,6 @@ UQ_METHODS.register(
         "deep ensemble: ensemble_size adapters (one shared base) with their own MAP heads, same batches",
         lambda init_weight, n_train, fit=None, **_: EnsembleHead(init_weight, fit.ensemble_size if fit else 3),
         ensemble=True,
+        requires=lambda fit: frozenset({Capability.WRAPS_LINEAR, Capability.SHARED_BASE}),
     ),
 )

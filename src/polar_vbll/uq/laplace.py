@@ -18,36 +18,11 @@ from collections.abc import Iterable
 
 import torch
 
+from ..adapters.capabilities import Capability
 from ..errors import PolarVBLLError
 from ..models.backbone import mask_choices
 from .base import UQ_METHODS, UQMethod
 from .point import PointHead
-
-
-def _maps_of(name: str, layer) -> list[tuple[str, callable, torch.Tensor]]:
-    """[(map key, (x, grad_out) -> (a, g), weight)] of one adapter layer: the linear maps with trained weights."""
-    from ..adapters import LoraLinear, PolarLinear, S2FTLinear
-
-    key = name.replace(".", "__")
-    s = layer.scaling
-    if isinstance(layer, LoraLinear) and not hasattr(layer, "magnitude"):
-        a_factor, b_factor = layer.lora_A, layer.lora_B
-        return [
-            (f"{key}__A", lambda x, go: (x, s * go @ b_factor), a_factor),
-            (f"{key}__B", lambda x, go: (x @ a_factor.T, s * go), b_factor),
-        ]
-    if isinstance(layer, PolarLinear):
-        if layer.polar_theta.dim() != 2:
-            raise PolarVBLLError("laplace over PoLAR needs theta='full' (a diagonal Θ is not a linear map here)")
-        return [(f"{key}__theta", lambda x, go: (x @ layer.polar_Y, s * go @ layer.polar_X), layer.polar_theta)]
-    if isinstance(layer, S2FTLinear):
-        if layer.s2ft_delta is None:
-            return []
-        k = layer.s2ft_delta.shape[1 if layer.axis == "cols" else 0]
-        if layer.axis == "cols":
-            return [(f"{key}__delta", lambda x, go: (x[..., :k], go), layer.s2ft_delta)]
-        return [(f"{key}__delta", lambda x, go: (x, go[..., :k]), layer.s2ft_delta)]
-    raise PolarVBLLError(f"laplace works on LoRA-type, PoLAR and S2FT adapters, not {type(layer).__name__}")
 
 
 def _split(batch: dict, size: int) -> Iterable[dict]:
@@ -86,14 +61,17 @@ class LaplaceHead(PointHead):
         if self.subset == "last_layer":
             return
         from ..adapters import adapter_layers
+        from ..adapters.base import require_capability
 
         layers = adapter_layers(backbone.model)
         if not layers:
-            raise PolarVBLLError("laplace with subset 'adapter' needs an adapter that wraps Linear layers (not lisa)")
+            raise PolarVBLLError("laplace with subset 'adapter' needs an adapter that wraps Linear layers")
         for name, layer in layers.items():
-            maps = _maps_of(name, layer)
-            for key, extract, weight in maps:
-                self._add_map(key, extract, weight)
+            require_capability(layer, Capability.LINEAR_MAPS, "laplace")
+            maps = layer.linear_maps()
+            for linear_map in maps:
+                key = f"{name.replace('.', '__')}__{linear_map.name}"
+                self._add_map(key, linear_map.inputs_and_grads, linear_map.weight)
             if maps:  # S2FT's coupled partners without a trained block have none
                 layer.register_forward_hook(self._capture_hook(name))
 
@@ -232,6 +210,7 @@ UQ_METHODS.register(
     UQMethod(
         "Laplace-LoRA: MAP, then a K-FAC Laplace posterior over the adapter and head weights, GLM predictive",
         lambda init_weight, n_train, fit=None, **_: LaplaceHead(init_weight, fit.la_subset if fit else "adapter"),
+        requires=lambda fit: frozenset({Capability.LINEAR_MAPS}) if fit.la_subset == "adapter" else frozenset(),
         post_hoc_laplace=True,
     ),
 )

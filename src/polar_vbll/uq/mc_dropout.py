@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..adapters.capabilities import Capability
 from ..errors import PolarVBLLError
 from .base import UQ_METHODS, UQMethod
 from .point import PointHead
@@ -30,7 +31,7 @@ class MCDropoutHead(PointHead):
 
         layers = adapter_layers(backbone.model).values()
         if not layers:
-            raise PolarVBLLError("mc_dropout needs an adapter that wraps Linear layers (not lisa)")
+            raise PolarVBLLError("mc_dropout needs an adapter that wraps Linear layers")
         self._dropouts = [layer.dropout for layer in layers if isinstance(layer.dropout, nn.Dropout)]
 
     def backbone_passes(self) -> int:
@@ -57,5 +58,6 @@ UQ_METHODS.register(
         "MC dropout: dropout 0.1 on the adapter input, kept on at prediction (mc_samples backbone passes)",
         lambda init_weight, n_train, fit=None, **_: MCDropoutHead(init_weight, fit.mc_samples if fit else 10),
         adapter_dropout=0.1,
+        requires=lambda fit: frozenset({Capability.WRAPS_LINEAR}),
     ),
 )

@@ -387,5 +387,7 @@ UQ_METHODS.register(
     UQMethod(
         "variational Bayesian last layer (Pyro): Gaussian posterior over the answer-head rows",
         lambda init_weight, n_train, config=None, **_: VBLLHead(init_weight, n_train, config),
+        alternates=True,
+        last_layer_laplace=True,
     ),
 )

@@ -128,7 +128,7 @@ def cell_dir(runs: Path, task: str, seed: int, method: str) -> Path:
 
 
 def worker(profile: Profile, task: str, seed: int, method: str, runs: Path, model: str) -> dict:
-    from polar_vbll.train import fit, refine
+    from polar_vbll.engine import fit, refine
 
     adapter, uq, source, post_hoc, options = ALL[method]
     out = cell_dir(runs, task, seed, method)

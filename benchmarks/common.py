@@ -84,7 +84,7 @@ def timed_fit(**options):
     """``fit(**options)`` and the wall time of each step: (result, [seconds of step 2, 3, ...])."""
     import time
 
-    from polar_vbll.train import fit
+    from polar_vbll.engine import fit
 
     stamps: list[float] = []
     result = fit(progress=False, callbacks=[lambda step, logs: stamps.append(time.perf_counter())], **options)

@@ -65,9 +65,10 @@ def flops_per_token(model, seq_len: int) -> tuple[float, float]:
 
 def measure(method: str, shape: str, device: str, steps: int, warmup: int, batch: int, seq_len: int) -> dict:
     from polar_vbll.adapters import adapter_parameters
+    from polar_vbll.config import FitConfig
+    from polar_vbll.engine.build import build_components
+    from polar_vbll.engine.schedule import phase_of
     from polar_vbll.optim import build_optimizer
-    from polar_vbll.train import FitConfig
-    from polar_vbll.train.trainer import _phase, build_components
 
     adapter, uq = METHODS[method]
     config = FitConfig(model=f"random-{shape}", task="boolq", adapter=adapter, uq=uq, batch_size=batch)
@@ -92,7 +93,7 @@ def measure(method: str, shape: str, device: str, steps: int, warmup: int, batch
     head.train()
     times = {"adapter": [], "head": [], "joint": []}
     for step in range(steps):
-        phase = _phase(step, config)
+        phase = phase_of(step, config)
         sync()
         start = time.perf_counter()
         loss, _, _ = head.training_loss(backbone, batch_data, train_backbone=phase != "head")

@@ -32,7 +32,7 @@ REFERENCE = "msp"  # a fixed criterion every method has, next to each method's b
 
 
 def worker(run: Path, limit: int | None) -> dict:
-    from polar_vbll.train import evaluate_run
+    from polar_vbll.engine import evaluate_run
 
     report = evaluate_run(run, limit=limit, ood=OOD_TASKS, out=run / "ood", progress=False)
     return {

@@ -62,7 +62,7 @@ def load(run: str):
     """(backbone, head, task, template, max_length) of a run folder, or of ``zero-shot:<task>`` (the head ``fit``
     would start from, in front of an untrained PoLAR adapter)."""
     from polar_vbll import FitConfig, load_run
-    from polar_vbll.train.trainer import build_components
+    from polar_vbll.engine.build import build_components
 
     if run.startswith("zero-shot:"):
         config = FitConfig(task=run.split(":", 1)[1], adapter="polar", uq="vbll", max_length=256)

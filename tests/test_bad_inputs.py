@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from polar_vbll.cli import main
+from polar_vbll.engine import FitConfig, fit, load_run
 from polar_vbll.errors import PolarVBLLError
 from polar_vbll.models import tiny_backbone
-from polar_vbll.train import FitConfig, fit, load_run
 from tests.conftest import write_jsonl
 
 WORDS = ["red", "blue", "green", "dog", "cat", "sky", "sun", "tree"]
@@ -120,18 +120,18 @@ def env(built, tmp_path, monkeypatch):
 
 def interrupt_at_step(env: Env, step: int) -> None:
     """Ctrl-C (KeyboardInterrupt) while the batch of ``step`` is being built."""
-    import polar_vbll.train.trainer as trainer
+    import polar_vbll.engine.loop as loop
 
     calls = []
 
-    def collate(*args, **kwargs):
+    def batches(*args, **kwargs):
         calls.append(1)
         if len(calls) == step:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    original = trainer.collate
-    env.monkeypatch.setattr(trainer, "collate", collate)
+    original = loop.encoded_batches
+    env.monkeypatch.setattr(loop, "encoded_batches", batches)
 
 
 def snapshot(root: Path) -> dict[str, str]:

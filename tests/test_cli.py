@@ -59,7 +59,7 @@ def test_every_fit_option_has_a_working_flag():
     from dataclasses import fields
 
     from polar_vbll.cli import build_parser
-    from polar_vbll.train import FitConfig
+    from polar_vbll.config import FitConfig
 
     args = build_parser().parse_args(
         "fit --adapter s2ft --uq temperature --temperature-scaling --dropout 0.2 --la-subset last_layer "

@@ -4,10 +4,10 @@ PoLAR adapters feed a variational Bayesian last layer; calibration and OOD metri
 """
 
 from .data import get_task, list_tasks
+from .engine import FitConfig, FitResult, Predictions, evaluate_run, fit, load_run, predict_run, refine
 from .errors import PolarVBLLError
 from .evaluation import EvalResult, evaluate
 from .models import load_backbone, prepare_embedded
-from .train import FitConfig, FitResult, Predictions, evaluate_run, fit, load_run, predict_run, refine
 
 __all__ = [
     "EvalResult",

@@ -30,7 +30,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
+def _table(rows: list[list], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join(
@@ -113,8 +113,8 @@ def _print_metrics(title: str, metrics: dict, note: str = "") -> None:
 def cmd_fit(args: argparse.Namespace) -> None:
     from dataclasses import fields
 
+    from .engine import FitConfig, fit
     from .fields import ConfigFieldError
-    from .train import FitConfig, fit
     from .uq import VBLLConfig
 
     overrides = {f.name: getattr(args, f.name) for f in fields(FitConfig) if f.name != "vbll"}
@@ -157,7 +157,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.ood and not args.run_dir:
         raise PolarVBLLError("--ood needs a RUN_DIR: OOD detection evaluates a trained run")
     if args.run_dir:
-        from .train import evaluate_run
+        from .engine import evaluate_run
 
         report = evaluate_run(
             args.run_dir,
@@ -213,8 +213,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_export_lora(args: argparse.Namespace) -> None:
     from .adapters import export_lora
     from .adapters.base import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
+    from .engine import load_run
     from .outputs import check_replaceable
-    from .train import load_run
 
     check_replaceable(args.out, {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE})  # before the model loads
     folder = export_lora(load_run(args.run_dir).backbone.model, args.out)
@@ -222,7 +222,7 @@ def cmd_export_lora(args: argparse.Namespace) -> None:
 
 
 def cmd_refine(args: argparse.Namespace) -> None:
-    from .train import refine
+    from .engine import refine
 
     options = {k: getattr(args, k) for k in ("laplace_samples", "la_subset") if getattr(args, k) is not None}
     result = refine(
@@ -275,12 +275,12 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str = "",
             kind = int if f.name == "lr_restarts" else str
             parser.add_argument(flag, dest=dest, nargs="+", type=kind, default=None, help=helptext)
         else:
-            kind = _NONE_DEFAULT_TYPES.get(f.name, type(default))
-            parser.add_argument(flag, dest=dest, type=kind, default=None, help=helptext)
+            parse = _NONE_DEFAULT_TYPES.get(f.name, type(default))
+            parser.add_argument(flag, dest=dest, type=parse, default=None, help=helptext)
 
 
 def add_fit_parser(sub) -> None:
-    from .train import FitConfig
+    from .engine import FitConfig
     from .uq import VBLLConfig
 
     p = sub.add_parser(

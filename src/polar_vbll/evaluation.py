@@ -10,15 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .data import TaskSpec, encode_items, get_task, iter_batches, label_token_ids
+from .data import TaskSpec, get_task, label_token_ids
 from .data.encoding import DEFAULT_MAX_LENGTH
+from .engine.inference import predict
 from .errors import PolarVBLLError
 from .metrics import classification_metrics, selective_metrics
-from .models import DEFAULT_MODEL, Backbone, load_backbone, mask_choices, resolve_model
+from .models import DEFAULT_MODEL, Backbone, load_backbone, resolve_model
 from .outputs import OutputKind, prepare_output
 from .report import write_report
+from .uq.point import PointHead
 
 
 @dataclass
@@ -72,7 +73,6 @@ def _version() -> str:
         return "unknown"
 
 
-@torch.inference_mode()
 def predict_probs(
     backbone: Backbone,
     task: TaskSpec,
@@ -82,23 +82,24 @@ def predict_probs(
     padding_side: str = "right",
     progress: bool = True,
 ) -> tuple[np.ndarray, dict]:
-    """Class probabilities (N, C) of ``items`` under the backbone's own LM-head rows of the task's label tokens."""
-    head = backbone.answer_head(label_token_ids(backbone.tokenizer, task.label_words(), task.name))
-    encoded = encode_items(backbone.tokenizer, task, items, max_length)
-    probs = np.zeros((len(encoded), task.num_classes))
-    bar = tqdm(total=len(encoded), desc=f"{task.name} scoring", unit="ex", disable=not progress)
-    for idx, batch in iter_batches(
-        encoded, batch_size, backbone.tokenizer.pad_token_id, task.num_classes, padding_side
-    ):
-        features = backbone.features(batch["input_ids"], batch["attention_mask"])
-        logits = mask_choices(head(features.float()), batch["choice_mask"])
-        probs[idx] = torch.softmax(logits, -1).double().numpy()
-        bar.update(len(idx))
-    bar.close()
-    return probs, {
-        "truncated": sum(ex.truncated for ex in encoded),
-        "mean_tokens": float(np.mean([len(ex.input_ids) for ex in encoded])),
-    }
+    """Class probabilities (N, C) of ``items`` under the backbone's own LM-head rows of the task's label tokens: the
+    zero-shot model as a point head, through the one prediction path (:func:`~polar_vbll.engine.inference.predict`);
+    and the prompt statistics (``truncated``, ``mean_tokens``)."""
+    answer = backbone.answer_head(label_token_ids(backbone.tokenizer, task.label_words(), task.name))
+    head = PointHead(answer.weight.detach().float(), init_bias=None if answer.bias is None else answer.bias.detach())
+    out = predict(
+        backbone,
+        head,
+        task,
+        items,
+        batch_size,
+        max_length,
+        n_samples=1,
+        progress=progress,
+        padding_side=padding_side,
+        desc=f"{task.name} scoring",
+    )
+    return out["probs"], out["prompts"]
 
 
 def evaluate(

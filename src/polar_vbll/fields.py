@@ -7,10 +7,9 @@ end in a TypeError after the model has loaded.
 
 from __future__ import annotations
 
-import functools
 import types
 import typing
-from dataclasses import MISSING, field, fields, is_dataclass
+from dataclasses import MISSING, field, fields
 from typing import Any, Literal
 
 from .errors import PolarVBLLError
@@ -31,9 +30,14 @@ class ConfigFieldError(PolarVBLLError):
         super().__init__(f"{owner}.{name}: {message}" if qualified else message)
 
 
-@functools.cache
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """The resolved annotations of a dataclass, computed once per class."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def describe_type(hint: Any) -> str:
@@ -82,9 +86,9 @@ def conform(value: Any, hint: Any) -> tuple[bool, Any]:
         return isinstance(value, str), value
     if hint is type(None):
         return value is None, value
-    if is_dataclass(hint):
+    if isinstance(hint, type):  # a dataclass (a nested config) or another class
         return isinstance(value, hint), value
-    return isinstance(value, hint) if isinstance(hint, type) else True, value
+    return True, value
 
 
 def check_types(obj: Any) -> None:

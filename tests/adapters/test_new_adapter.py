@@ -12,10 +12,10 @@ from torch import nn
 
 from polar_vbll.adapters.base import ADAPTERS, AdapterLinear, AdapterMethod, LowRankConfig
 from polar_vbll.adapters.capabilities import Capability, LinearMap
+from polar_vbll.engine import FitConfig, evaluate_run, fit
 from polar_vbll.errors import PolarVBLLError
-from polar_vbll.train import FitConfig, evaluate_run, fit
 from polar_vbll.uq import UQ_METHODS
-from tests.train.test_fit import config, task_dir  # noqa: F401  (task_dir is a fixture)
+from tests.engine.test_fit import config, task_dir  # noqa: F401  (task_dir is a fixture)
 
 
 @dataclass

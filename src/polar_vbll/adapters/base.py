@@ -100,6 +100,8 @@ class AdapterLinear(nn.Module, abc.ABC):
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     #: whether initialization needs the model's inputs on training data (:meth:`prepare`, e.g. CorDA's covariances)
     needs_data: ClassVar[bool] = False
+    base_layer: nn.Linear
+    dropout: nn.Module
 
     def __init__(self, base_layer: nn.Linear, config: AdapterConfig, **init):
         super().__init__()
@@ -172,7 +174,7 @@ class AdapterLinear(nn.Module, abc.ABC):
     @classmethod
     def prepare(cls, model: nn.Module, config: AdapterConfig, inputs) -> dict:
         """Initialization data computed from the model's inputs (``needs_data``): ``inputs`` is a
-        :class:`~polar_vbll.train.prepare.TrainingInputs`; the result is passed to :meth:`plan` as ``**data``."""
+        :class:`~polar_vbll.engine.prepare.TrainingInputs`; the result is passed to :meth:`plan` as ``**data``."""
         return {}
 
 
@@ -330,7 +332,7 @@ def inject_adapters(
         param.requires_grad_(False)
     if members < 1 or (member_seeds is not None and len(member_seeds) != members):
         raise PolarVBLLError(f"members must be >= 1 with one seed each, got {members} and {member_seeds}")
-    if members > 1 and (method.tuner is not None or method.layer.alters_base):
+    if members > 1 and Capability.SHARED_BASE not in method.capabilities:
         raise PolarVBLLError(
             f"an ensemble needs adapters that leave the base weight unchanged; '{config.method}' does not"
         )
@@ -339,6 +341,8 @@ def inject_adapters(
         setattr(model, TUNER_ATTR, tuner)
         setattr(model, CONFIG_ATTR, config)
         return []
+    layer_class = method.layer
+    assert layer_class is not None and isinstance(config, AdapterConfig)  # a method has a tuner or a layer
     named = dict(model.named_modules())
     chosen = target_names(model, config.target_modules)
     if not chosen:
@@ -359,21 +363,21 @@ def inject_adapters(
                 f"r={r} exceeds min(in, out)={min(module.in_features, module.out_features)} "
                 f"of {name} ({module.in_features} -> {module.out_features})"
             )
-    plan = method.layer.plan(model, config, chosen, restore, **data)
+    plan = layer_class.plan(model, config, chosen, restore, **data)
     for index, (name, options) in enumerate(plan.items()):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         if members == 1 and member_seeds is None:
-            setattr(parent, child, method.layer(named[name], config, **options))
+            setattr(parent, child, layer_class(named[name], config, **options))
             continue
         layers = []
         for member in range(members):
             if member_seeds is None:  # members draw one after another from the global stream
-                layers.append(method.layer(named[name], config, **options))
+                layers.append(layer_class(named[name], config, **options))
                 continue
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(member_seeds[member] * 1_000_003 + index)
-                layers.append(method.layer(named[name], config, **options))
+                layers.append(layer_class(named[name], config, **options))
         setattr(parent, child, AdapterEnsemble(layers))
     setattr(model, CONFIG_ATTR, config)
     setattr(model, MEMBERS_ATTR, members)

@@ -25,7 +25,7 @@ from ..atomic import atomic_write_bytes
 from ..errors import PolarVBLLError
 from ..fields import help_field as _help
 from ..models.cache import cache_root
-from .base import ADAPTERS, AdapterMethod, target_names
+from .base import ADAPTERS, AdapterConfig, AdapterMethod, target_names
 from .lora import LoraConfig
 from .pissa import split_singular
 from .residual import ResidualLoraLinear
@@ -65,11 +65,13 @@ def damped_inverse(covariance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 class CordaLinear(ResidualLoraLinear):
     needs_data = True
+    config: CordaConfig
 
     @classmethod
-    def prepare(cls, model: nn.Module, config: CordaConfig, inputs) -> dict:
+    def prepare(cls, model: nn.Module, config: AdapterConfig, inputs) -> dict:
         """The input covariances of the target layers over ``config.samples`` seeded training examples of the
         covariance task (one forward each), cached in ``$POLAR_VBLL_CACHE/corda/`` by model, task and settings."""
+        assert isinstance(config, CordaConfig)
         names = target_names(model, config.target_modules)
         key = {**inputs.describe(config.covariance_task, config.samples), "targets": names}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -95,7 +97,8 @@ class CordaLinear(ResidualLoraLinear):
         super().plan(model, config, names, restore, **data)
         return {name: {"covariance": covariances[name]} for name in names}
 
-    def initial_factors(self, weight: torch.Tensor, covariance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def initial_factors(self, weight: torch.Tensor, init: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        covariance = init["covariance"]  # planned for every layer by plan()
         if covariance.shape != (self.in_features, self.in_features):
             raise PolarVBLLError(
                 f"CorDA: covariance of shape {tuple(covariance.shape)} for a layer with {self.in_features} inputs"

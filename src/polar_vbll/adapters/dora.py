@@ -67,7 +67,7 @@ class DoraLinear(LoraLinear):
             weight.copy_((weight.float() / scale[:, None] - super().delta_weight()).to(weight.dtype))
             self.merged = False
 
-    def low_rank_factors(self) -> tuple[torch.Tensor, None]:
+    def low_rank_factors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.delta_weight(), None
 
 

@@ -10,6 +10,7 @@ only ever holds state for active parameters. Memory grows with the embeddings pl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,10 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 class LisaTuner(ModelTuner):
-    def __init__(self, model: nn.Module, config: LisaConfig):
+    config: LisaConfig
+
+    # Any: a Hugging Face causal LM (get_input_embeddings, get_decoder are its own methods)
+    def __init__(self, model: Any, config: LisaConfig):
         super().__init__(model, config)
         self.layers = decoder_layers(model)
         if config.layers > len(self.layers):

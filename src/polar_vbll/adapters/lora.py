@@ -36,7 +36,7 @@ class LoraLinear(AdapterLinear):
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling
 
-    def low_rank_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def low_rank_factors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.lora_B * self.scaling, self.lora_A
 
     def linear_maps(self) -> list[LinearMap]:

@@ -36,7 +36,11 @@ def split_singular(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, scaling: 
 
 
 class PissaLinear(ResidualLoraLinear):
-    def initial_factors(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    config: PissaConfig
+
+    def initial_factors(self, weight: torch.Tensor, init: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if init:
+            raise PolarVBLLError(f"PiSSA takes no initialization data, got {sorted(init)}")
         r = self.config.r
         if self.config.niter == 0:
             u, s, vh = torch.linalg.svd(weight, full_matrices=False)

@@ -27,14 +27,16 @@ class ResidualLoraLinear(LoraLinear):
     """``lora_A``/``lora_B`` initialized by :meth:`initial_factors`; ``init_A`` (r, in), ``init_B`` (out, r) buffers."""
 
     alters_base = True
+    init_A: torch.Tensor
+    init_B: torch.Tensor
 
-    def __init__(self, base_layer: nn.Linear, config: LowRankConfig, restore: bool = False, **init):
+    def __init__(self, base_layer: nn.Linear, config: LowRankConfig, restore: bool = False, **init: torch.Tensor):
         super().__init__(base_layer, config)
         self.register_buffer("init_A", torch.zeros_like(self.lora_A))
         self.register_buffer("init_B", torch.zeros_like(self.lora_B))
         if not restore:
             with torch.no_grad():
-                a, b = self.initial_factors(base_layer.weight.detach().float(), **init)
+                a, b = self.initial_factors(base_layer.weight.detach().float(), init)
                 self.lora_A.copy_(a)
                 self.lora_B.copy_(b)
                 self.init_A.copy_(a)
@@ -42,8 +44,8 @@ class ResidualLoraLinear(LoraLinear):
                 self._shift_base(-1.0)
 
     @abc.abstractmethod
-    def initial_factors(self, weight: torch.Tensor, **init) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A₀ (r, in), B₀ (out, r)) from the fp32 base weight (out, in)."""
+    def initial_factors(self, weight: torch.Tensor, init: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A₀ (r, in), B₀ (out, r)) from the fp32 base weight (out, in) and the layer's planned data ``init``."""
 
     @torch.no_grad()
     def _shift_base(self, sign: float) -> None:
@@ -75,10 +77,12 @@ def export_lora(model: nn.Module, folder: str | Path) -> Path:
     layers = adapter_layers(model)
     if not layers or not all(isinstance(layer, ResidualLoraLinear) for layer in layers.values()):
         raise PolarVBLLError(f"export_lora converts PiSSA/CorDA adapters; this model has '{config.method}'")
+    assert isinstance(config, LowRankConfig)  # every ResidualLoraLinear has one
     rank = 2 * config.r
     lora = LoraConfig(r=rank, alpha=config.scaling * rank, target_modules=config.target_modules, dropout=config.dropout)
     state = {}
     for name, layer in layers.items():
+        assert isinstance(layer, ResidualLoraLinear)
         u, v = layer.original_delta_factors()
         state[f"{name}.lora_B"] = (u / lora.scaling).contiguous()
         state[f"{name}.lora_A"] = v.contiguous()

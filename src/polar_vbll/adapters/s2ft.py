@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -67,7 +67,8 @@ def _unit_permutation(units: int, size: int, order: torch.Tensor) -> torch.Tenso
     return (order[:, None] * size + torch.arange(size)).reshape(-1)
 
 
-def _attention_plan(attn: nn.Module, config: S2FTConfig, generator, restore: bool):
+# Any: a Hugging Face attention / MLP module, whose attributes (config, head_dim, o_proj, ...) are the architecture's
+def _attention_plan(attn: Any, config: S2FTConfig, generator, restore: bool):
     heads, kv_heads = attn.config.num_attention_heads, attn.config.num_key_value_heads
     dim, group = attn.head_dim, heads // kv_heads
     chosen = min(heads, max(1, round(config.head_ratio * heads)))
@@ -95,7 +96,7 @@ def _attention_plan(attn: nn.Module, config: S2FTConfig, generator, restore: boo
     return sizes, {"q_proj": head_perm, "o_proj": head_perm, "k_proj": kv_perm, "v_proj": kv_perm}
 
 
-def _ffn_plan(mlp: nn.Module, config: S2FTConfig, generator, restore: bool):
+def _ffn_plan(mlp: Any, config: S2FTConfig, generator, restore: bool):
     channels = mlp.down_proj.in_features
     chosen = min(channels, max(1, round(config.channel_ratio * channels)))
     sizes = dict.fromkeys(FFN, chosen)
@@ -114,6 +115,8 @@ class S2FTLinear(AdapterLinear):
 
     alters_base = True
     capabilities = frozenset({Capability.LINEAR_MAPS})
+    s2ft_perm: torch.Tensor
+    s2ft_delta: nn.Parameter | None
 
     def __init__(self, base_layer: nn.Linear, config: S2FTConfig, axis: str, trainable: int, perm=None):
         super().__init__(base_layer, config)
@@ -146,6 +149,7 @@ class S2FTLinear(AdapterLinear):
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         delta = self.s2ft_delta
+        assert delta is not None  # forward() skips the delta of a partner without a trained block
         if self.axis == "cols":
             return x[..., : delta.shape[1]].to(delta.dtype) @ delta.T
         part = x.to(delta.dtype) @ delta.T
@@ -176,9 +180,10 @@ class S2FTLinear(AdapterLinear):
         super().load_adapter_state({k: v for k, v in state.items() if k != "s2ft_perm"})
 
     @classmethod
-    def plan(cls, model, config: S2FTConfig, names, restore, **data):
+    def plan(cls, model, config: AdapterConfig, names, restore, **data):
         super().plan(model, config, names, restore, **data)
-        blocks = {}
+        assert isinstance(config, S2FTConfig)
+        blocks: dict[tuple[str, bool], nn.Module] = {}
         for name in names:
             parent, _, child = name.rpartition(".")
             partners = ATTENTION if child in ATTENTION else FFN

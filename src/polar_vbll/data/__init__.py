@@ -1,6 +1,6 @@
 """Tasks, their bundled data and the encoding of prompts into batches."""
 
-from .encoding import EncodedExample, collate, encode_items, iter_batches, label_token_ids
+from .encoding import EncodedExample, collate, encode_items, encoded_batches, iter_batches, label_token_ids
 from .loaders import READERS, DataFile, MCItem
 from .tasks import TASKS, TEMPLATES, PromptTemplate, TaskSpec, get_task, list_tasks
 
@@ -15,6 +15,7 @@ __all__ = [
     "TaskSpec",
     "collate",
     "encode_items",
+    "encoded_batches",
     "get_task",
     "iter_batches",
     "label_token_ids",

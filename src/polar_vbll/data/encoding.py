@@ -119,3 +119,24 @@ def iter_batches(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         yield idx, collate([examples[i] for i in idx], pad_token_id, num_classes, padding_side)
+
+
+def encoded_batches(
+    tokenizer,
+    task: TaskSpec,
+    items: Sequence[MCItem],
+    max_length: int = DEFAULT_MAX_LENGTH,
+    batch_size: int = 16,
+    *,
+    padding_side: str = "right",
+    sort_by_length: bool = True,
+    stats: dict | None = None,
+) -> Iterator[tuple[list[int], dict]]:
+    """The one owner of encode-then-batch: ``(indices, batch)`` of ``items`` (see :func:`encode_items`,
+    :func:`iter_batches`). ``stats``, if given, receives ``truncated`` (prompts that lost their start) and
+    ``mean_tokens``."""
+    encoded = encode_items(tokenizer, task, items, max_length)
+    if stats is not None:
+        stats["truncated"] = sum(ex.truncated for ex in encoded)
+        stats["mean_tokens"] = sum(len(ex.input_ids) for ex in encoded) / max(1, len(encoded))
+    return iter_batches(encoded, batch_size, tokenizer.pad_token_id, task.num_classes, padding_side, sort_by_length)

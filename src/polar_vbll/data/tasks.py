@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -101,6 +101,26 @@ class TaskSpec:
 
     def label_words(self) -> list[str]:
         return self.template.label_words(self.num_classes)
+
+    def seen_by_head(self, num_classes: int, split: str | None = None, limit: int | None = None):
+        """(this task as a ``num_classes`` head sees it, the first ``limit`` of ``split``'s items that fit it, how
+        many items the split has): items with more choices than the head has classes are dropped (counted)."""
+        split = split or self.eval_split
+        if split not in self.files:
+            raise PolarVBLLError(f"task '{self.name}' has no split '{split}'; splits: {', '.join(self.files)}")
+        items = _load_file(self.files[split], self.reader)
+        kept = [item for item in items if len(item.choices) <= num_classes][: limit or None]
+        return replace(self, num_classes=num_classes), kept, len(items)
+
+    def check_answers_like(self, trained: TaskSpec) -> None:
+        """Refuse a task whose answers are other words than those a head trained on ``trained`` scores."""
+        same_words = self.label_words() == trained.label_words()
+        both_letters = self.template.labels == "letters" and trained.template.labels == "letters"
+        if not (same_words or both_letters):
+            raise PolarVBLLError(
+                f"task '{self.name}' answers with {self.label_words()}, but the run was trained on "
+                f"'{trained.name}' with {trained.label_words()}"
+            )
 
     def with_template(self, template: str | PromptTemplate) -> TaskSpec:
         template = TEMPLATES.get(template) if isinstance(template, str) else template

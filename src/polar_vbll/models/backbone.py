@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -163,6 +164,9 @@ class Backbone(nn.Module):
     that reports print beside accuracy figures.
     """
 
+    # Any: a Hugging Face PreTrainedModel, whose config and methods (get_decoder, ...) are the architecture's
+    model: Any
+
     def __init__(self, model: nn.Module, tokenizer, name: str, source: str = "", note: str = ""):
         super().__init__()
         self.model = model
@@ -250,6 +254,7 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool
     if kind == "embedded":
         return AutoTokenizer.from_pretrained(prepare_embedded(name_or_path), local_files_only=True)
     if kind == "gguf":
+        assert path is not None  # resolve_model gives a gguf its path
         return AutoTokenizer.from_pretrained(prepare_gguf(path)[0], local_files_only=True)
     return _from_hub_or_folder(AutoTokenizer, name_or_path, trust_remote_code=trust_remote_code)
 
@@ -287,6 +292,7 @@ def load_backbone(
             folder, note = prepare_embedded(name_or_path, rebuild_cache), spec.note
             name, source = spec.name, f"{spec.package}:{spec.filename}"
         else:
+            assert path is not None  # resolve_model gives a gguf its path
             (folder, note), name, source = prepare_gguf(path, rebuild_cache), path.name, str(path)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)

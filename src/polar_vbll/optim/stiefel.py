@@ -37,7 +37,8 @@ def landing_field(param: torch.Tensor, grad: torch.Tensor, lam: float) -> torch.
 
 
 def _param_groups(params: Iterable[nn.Parameter]) -> tuple[list, list]:
-    manifold, euclidean = [], []
+    manifold: list[nn.Parameter] = []
+    euclidean: list[nn.Parameter] = []
     for p in params:
         if p.requires_grad:
             (manifold if isinstance(p, geoopt.ManifoldParameter) else euclidean).append(p)

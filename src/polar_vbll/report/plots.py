@@ -109,7 +109,7 @@ def score_histograms(id_scores, ood_scores: dict[str, np.ndarray], criterion: st
     """Distribution of one criterion's ID score on the ID set (N,) and on each OOD set ``{name: (M,)}``."""
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     everything = np.concatenate([id_scores, *ood_scores.values()])
-    bins = np.linspace(everything.min(), everything.max() + 1e-9, 30)
+    bins = np.linspace(everything.min(), everything.max() + 1e-9, 30).tolist()
     ax.hist(id_scores, bins=bins, density=True, alpha=0.6, label="in-distribution", color="#4c72b0")
     for name, scores in ood_scores.items():
         ax.hist(scores, bins=bins, density=True, histtype="step", linewidth=1.5, label=name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import PolarVBLLError
 from ..registry import Registry
 
 
@@ -29,6 +30,7 @@ class UQHead(nn.Module, abc.ABC):
     adapter_weight_decay: float = 0.0
     #: whether its logit samples differ (enables sample-based OOD criteria such as mutual information)
     stochastic: bool = False
+    temperature: torch.Tensor
 
     def __init__(self):
         super().__init__()
@@ -40,6 +42,18 @@ class UQHead(nn.Module, abc.ABC):
     def backbone_passes(self) -> int:
         """Backbone passes a prediction needs (1 for head-only methods)."""
         return 1
+
+    def post_hoc(self, backbone, batches: Iterable[dict], n_total: int) -> dict:
+        """Fit a posterior after training on ``batches`` standing for ``n_total`` examples; returns what to report.
+        Methods with ``UQMethod.post_hoc_laplace`` implement it (Laplace-LoRA)."""
+        raise PolarVBLLError(f"{type(self).__name__} fits no posterior after training")
+
+    def laplace_(
+        self, features: torch.Tensor, labels: torch.Tensor, choice_mask: torch.Tensor | None, n_total: int
+    ) -> None:
+        """Replace the head's posterior covariance by a last-layer Laplace one on cached ``features`` (N, d).
+        Methods with ``UQMethod.last_layer_laplace`` implement it (VBLL)."""
+        raise PolarVBLLError(f"{type(self).__name__} has no last-layer posterior to refine")
 
     @contextmanager
     def backbone_sample(self, backbone, index: int, generator: torch.Generator | None = None) -> Iterator[None]:
@@ -62,14 +76,15 @@ class UQHead(nn.Module, abc.ABC):
         """(predictive p(y | x) (B, C), logit samples (B, S, C)) with S = passes × ⌈n_samples / passes⌉."""
         passes = self.backbone_passes()
         per_pass = max(1, math.ceil(n_samples / passes))
-        probs, logits = [], []
+        probs: list[torch.Tensor] = []
+        samples: list[torch.Tensor] = []
         for index in range(passes):
             with self.backbone_sample(backbone, index, generator):
                 features = backbone.features(batch["input_ids"], batch["attention_mask"])
                 if self.temperature.item() == 1.0:  # (the predictive draws first: runs stay reproducible)
                     probs.append(self.predict_probs(features, batch["choice_mask"], generator))
-                logits.append(self.sample_logits(features, per_pass, batch["choice_mask"], generator))
-        logits = torch.cat(logits, 1)
+                samples.append(self.sample_logits(features, per_pass, batch["choice_mask"], generator))
+        logits = torch.cat(samples, 1)
         if probs:
             return torch.stack(probs).mean(0), logits
         return torch.softmax(logits / self.temperature, -1).mean(1), logits / self.temperature
@@ -108,7 +123,7 @@ class UQHead(nn.Module, abc.ABC):
 @dataclass(frozen=True)
 class UQMethod:
     description: str
-    build: object  # callable(init_weight (C, d), n_train, **options) -> UQHead
+    build: Callable[..., UQHead]  # (init_weight (C, d), n_train, **options) -> UQHead
     #: the adapter capabilities it needs, given the run's FitConfig (:mod:`polar_vbll.adapters.capabilities`)
     requires: Callable[[Any], frozenset[str]] = lambda fit: frozenset()
     #: whether training alternates head and adapter steps by default (VBLL: the head's ELBO, then the adapter's)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -27,6 +28,9 @@ from ..errors import PolarVBLLError
 from .base import UQ_METHODS, UQMethod
 from .point import PointHead
 
+if TYPE_CHECKING:
+    from ..adapters.base import AdapterLinear
+
 EPS, BETA = 0.05, 0.2
 
 
@@ -34,13 +38,18 @@ def flipout_noise(layer, x: torch.Tensor, generator: torch.Generator | None = No
     """The flipout noise term of the adapter output for inputs x (..., in) -> (..., out), through the layer's
     declared Gaussian factor M: out_factor · ((P x ⊙ r)(σ ⊙ E)ᵀ ⊙ s) · scaling, P x the factor's input."""
     factor = layer.gaussian_factor()
-    sigma = layer.blob_rho**2
+    sigma = posterior_std(layer)
     x = factor.project_in(layer.dropout(x).to(sigma.dtype))
     eps = torch.randn(sigma.shape, generator=generator, dtype=sigma.dtype)
     noise = sigma * eps if sigma.dim() == 2 else torch.diag(sigma * eps)
     r_sign = torch.randint(0, 2, x.shape, generator=generator, dtype=x.dtype) * 2 - 1
     s_sign = torch.randint(0, 2, (*x.shape[:-1], noise.shape[0]), generator=generator, dtype=x.dtype) * 2 - 1
     return (((x * r_sign) @ noise.T) * s_sign) @ factor.out_factor.T * factor.scaling
+
+
+def posterior_std(layer: nn.Module) -> torch.Tensor:
+    """σ = ρ² of the Gaussian factor of an adapter layer (``blob_rho`` is the parameter BlobHead adds to it)."""
+    return cast(torch.Tensor, layer.blob_rho) ** 2
 
 
 def kl_to_prior(mean: torch.Tensor, sigma: torch.Tensor, beta: float = BETA) -> torch.Tensor:
@@ -53,6 +62,7 @@ class BlobHead(PointHead):
     """A point head (no weight decay: the prior is the KL) whose adapter layers carry BLoB's ``blob_rho``."""
 
     stochastic = True
+    blob_step: torch.Tensor
 
     def __init__(self, init_weight: torch.Tensor, n_train: int, batch_size: int, samples: int = 10):
         super().__init__(init_weight, 0.0)
@@ -61,7 +71,7 @@ class BlobHead(PointHead):
         self.samples = samples
         self.batches_per_epoch = max(1, math.ceil(n_train / batch_size))
         self.register_buffer("blob_step", torch.zeros((), dtype=torch.long))
-        self._layers: list[nn.Module] = []
+        self._layers: list[AdapterLinear] = []
         self._sampling = False
         self._generator: torch.Generator | None = None
 
@@ -87,7 +97,10 @@ class BlobHead(PointHead):
         return output + flipout_noise(layer, args[0], self._generator).to(output.dtype)
 
     def kl_divergence(self) -> torch.Tensor:
-        return sum(kl_to_prior(layer.gaussian_factor().mean, layer.blob_rho**2) for layer in self._layers)
+        total = torch.zeros((), dtype=torch.float64)  # 0 + the first term is exact: as Python's sum() did
+        for layer in self._layers:
+            total = total + kl_to_prior(layer.gaussian_factor().mean, posterior_std(layer))
+        return total
 
     def kl_weight(self, step: int) -> float:
         """π_i = 2^i / (2^(M+1) − 1), i = 1..M the position of ``step`` (0-based) in its epoch."""

@@ -47,7 +47,7 @@ class EnsembleHead(UQHead):
 
     def training_loss(self, backbone, batch: dict, train_backbone: bool = True):
         """Sum of the members' losses on the same batch (each member's gradient is its own)."""
-        total, probs = 0.0, 0.0
+        total, probs = torch.zeros(()), torch.zeros(())
         for index in range(len(self.members)):
             self._activate(index)
             loss, _, point = super().training_loss(backbone, batch, train_backbone)

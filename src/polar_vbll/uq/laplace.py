@@ -36,6 +36,7 @@ class LaplaceHead(PointHead):
     """A MAP head plus, after :meth:`post_hoc`, a K-FAC Laplace posterior over the adapter (and head) weights."""
 
     stochastic = True
+    prior_precision: torch.Tensor
     #: examples per backward graph: the Jacobians keep the backbone graph alive, so its memory scales with this
     chunk_size = 8
 
@@ -122,8 +123,8 @@ class LaplaceHead(PointHead):
     def post_hoc(self, backbone, batches: Iterable[dict], n_total: int) -> dict:
         """Fit the K-FAC factors on ``batches`` (examples standing for ``n_total``) and the prior precision."""
         backbone.eval()
-        sums_a = {k: 0.0 for k in self._maps}
-        sums_g = {k: 0.0 for k in self._maps}
+        sums_a: dict[str, torch.Tensor | float] = {k: 0.0 for k in self._maps}  # 0.0 + the first sum is exact
+        sums_g: dict[str, torch.Tensor | float] = {k: 0.0 for k in self._maps}
         tokens = {k: 0.0 for k in self._maps}
         seen = 0
         for batch in (part for whole in batches for part in _split(whole, self.chunk_size)):
@@ -151,8 +152,8 @@ class LaplaceHead(PointHead):
         norm2, count, pairs = 0.0, 0, []
         with torch.no_grad():
             for key, (_, weight) in self._maps.items():
-                la, qa = torch.linalg.eigh((sums_a[key] / max(tokens[key], 1.0)).double())
-                lg, qg = torch.linalg.eigh((sums_g[key] * (n_total / seen)).double())
+                la, qa = torch.linalg.eigh((torch.as_tensor(sums_a[key]) / max(tokens[key], 1.0)).double())
+                lg, qg = torch.linalg.eigh((torch.as_tensor(sums_g[key]) * (n_total / seen)).double())
                 la, lg = la.clamp_min(0), lg.clamp_min(0)
                 for suffix, value in (("eig_a", la), ("eig_a_vec", qa), ("eig_g", lg), ("eig_g_vec", qg)):
                     getattr(self, f"{key}__{suffix}").copy_(value.float())

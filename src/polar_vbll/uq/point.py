@@ -12,11 +12,15 @@ from .base import UQ_METHODS, UQHead, UQMethod
 class PointHead(UQHead):
     """A deterministic linear head trained with cross-entropy; S samples are S copies of the same logits."""
 
-    def __init__(self, init_weight: torch.Tensor, adapter_weight_decay: float = 0.0):
+    def __init__(
+        self, init_weight: torch.Tensor, adapter_weight_decay: float = 0.0, init_bias: torch.Tensor | None = None
+    ):
         super().__init__()
-        self.linear = nn.Linear(init_weight.shape[1], init_weight.shape[0], bias=False)
+        self.linear = nn.Linear(init_weight.shape[1], init_weight.shape[0], bias=init_bias is not None)
         with torch.no_grad():
             self.linear.weight.copy_(init_weight)
+            if init_bias is not None:  # an LM head with a bias (the zero-shot head of such a model)
+                self.linear.bias.copy_(init_bias)
         self.adapter_weight_decay = adapter_weight_decay
 
     def logits(self, features: torch.Tensor, choice_mask: torch.Tensor | None = None) -> torch.Tensor:

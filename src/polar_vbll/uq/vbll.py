@@ -105,7 +105,7 @@ class VBLLGuide(PyroModule):
         """L_k (C, d, d) with S_k = L_k L_kᵀ (dense only)."""
         return torch.tril(self.offdiag, diagonal=-1) + torch.diag_embed(self.log_diag.exp())
 
-    def distribution(self) -> dist.Distribution:
+    def distribution(self) -> dist.TorchDistribution:
         if self.covariance == "dense":
             return dist.MultivariateNormal(self.mean, scale_tril=self.scale_tril()).to_event(1)
         if self.covariance == "diagonal":

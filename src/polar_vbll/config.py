@@ -9,12 +9,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from ..adapters.base import ADAPTERS, check_capabilities, make_config
-from ..data.encoding import DEFAULT_MAX_LENGTH
-from ..errors import PolarVBLLError
-from ..fields import ConfigFieldError, check_types, from_mapping
-from ..fields import help_field as _help
-from ..uq import UQ_METHODS, VBLLConfig
+from .adapters.base import ADAPTERS, check_capabilities, make_config
+from .data.encoding import DEFAULT_MAX_LENGTH
+from .errors import PolarVBLLError
+from .fields import ConfigFieldError, check_types, from_mapping
+from .fields import help_field as _help
+from .uq import UQ_METHODS, VBLLConfig
 
 
 @dataclass

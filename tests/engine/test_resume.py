@@ -14,18 +14,18 @@ import torch
 from polar_vbll.adapters import adapter_state_dict
 from polar_vbll.atomic import recover_directory
 from polar_vbll.cli import main
+from polar_vbll.engine import FitConfig, fit
+from polar_vbll.engine.schedule import warmup_linear
 from polar_vbll.errors import PolarVBLLError
-from polar_vbll.train import FitConfig, fit
-from polar_vbll.train.trainer import warmup_linear
-from tests.train.test_fit import config, log_lines, task_dir  # noqa: F401  (task_dir is a fixture)
+from tests.engine.test_fit import config, log_lines, task_dir  # noqa: F401  (task_dir is a fixture)
 
 KILLED_RUN = textwrap.dedent(
     """
     import json, os, signal, sys
     from pathlib import Path
 
-    import polar_vbll.train.checkpoint as checkpoint
-    from polar_vbll.train import FitConfig, fit
+    import polar_vbll.engine.checkpoint as checkpoint
+    from polar_vbll.engine import FitConfig, fit
 
     mode, out, options = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
     callbacks = []

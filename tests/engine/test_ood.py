@@ -6,8 +6,8 @@ import re
 import pytest
 
 from polar_vbll.cli import main
+from polar_vbll.engine import FitConfig, evaluate_run, fit
 from polar_vbll.errors import PolarVBLLError
-from polar_vbll.train import FitConfig, evaluate_run, fit
 from tests.conftest import write_jsonl
 
 ANIMALS = ["dog", "cat", "cow", "owl", "bee", "ant"]

@@ -5,10 +5,10 @@ import torch
 
 from polar_vbll.adapters import adapter_state_dict
 from polar_vbll.cli import main
+from polar_vbll.engine import FitConfig, evaluate_run, fit, load_run
+from polar_vbll.engine.schedule import batch_indices, warmup_linear
 from polar_vbll.errors import PolarVBLLError
 from polar_vbll.models import load_backbone
-from polar_vbll.train import FitConfig, evaluate_run, fit, load_run
-from polar_vbll.train.trainer import batch_indices, warmup_linear
 from tests.conftest import write_jsonl
 
 WORDS = ["red", "blue", "green", "dog", "cat", "sky", "sun", "tree"]

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..data import encode_items, get_task, iter_batches
+from ..config import FitConfig
+from ..data import encoded_batches, get_task
 from ..models import Backbone
-from .config import FitConfig
 
 
 @dataclass
@@ -44,7 +44,6 @@ class TrainingInputs:
         items = spec.load("train")
         order = torch.randperm(len(items), generator=torch.Generator().manual_seed(self.config.seed))
         chosen = [items[i] for i in order[:n].tolist()]
-        encoded = encode_items(self.backbone.tokenizer, spec, chosen, self.config.max_length)
-        batches = iter_batches(encoded, 1, self.backbone.tokenizer.pad_token_id, spec.num_classes)
+        batches = encoded_batches(self.backbone.tokenizer, spec, chosen, self.config.max_length, 1)
         for _, batch in tqdm(batches, total=len(chosen), desc=desc, unit="ex"):
             self.backbone.features(batch["input_ids"], batch["attention_mask"])

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from polar_vbll import load_run, predict_run
+from polar_vbll.engine import evaluate_run, fit
 from polar_vbll.errors import DataFormatError, PolarVBLLError
-from polar_vbll.train import evaluate_run, fit
-from tests.train.test_fit import config, task_dir  # noqa: F401  (fixture)
+from tests.engine.test_fit import config, task_dir  # noqa: F401  (fixture)
 
 QUESTIONS = [
     {"question": "Is red a colour?", "choices": ["no", "yes"]},
@@ -65,7 +65,7 @@ def test_bad_questions_name_the_question_and_field(run):
 )
 def test_rows_name_a_choice_by_its_label_only_where_the_label_differs(label_words, shown):
     from polar_vbll.data import MCItem
-    from polar_vbll.train import Predictions
+    from polar_vbll.engine import Predictions
 
     item = MCItem("0", "Is red a colour?", ("no", "yes"), 0)
     zeros = np.zeros(1)

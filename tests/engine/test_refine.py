@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from polar_vbll.engine import FitConfig, evaluate_run, fit, refine
+from polar_vbll.engine.runs import refined_config
 from polar_vbll.errors import PolarVBLLError
-from polar_vbll.train import FitConfig, evaluate_run, fit, refine
-from polar_vbll.train.run import refined_config
-from tests.train.test_fit import config, task_dir  # noqa: F401  (fixture)
+from tests.engine.test_fit import config, task_dir  # noqa: F401  (fixture)
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_refine_refuses_what_it_cannot_do(tiny_dir, task_dir, tmp_path):  # noqa
 
 def test_holdout_comes_before_train_limit(tiny_dir, task_dir):  # noqa: F811
     from polar_vbll.data import get_task
-    from polar_vbll.train.trainer import training_items
+    from polar_vbll.engine.build import training_items
 
     task = get_task(str(task_dir))
     cfg = config(tiny_dir, task_dir, calibration_holdout=True, calibration_size=6, train_limit=10)

@@ -17,11 +17,11 @@ from safetensors.torch import save, save_file
 
 from ..adapters import adapter_state_dict, load_adapter_state
 from ..atomic import atomic_directory, atomic_write_bytes, atomic_write_json, atomic_write_text, recover_directory
+from ..config import FitConfig
 from ..errors import PolarVBLLError
 from ..outputs import open_run
 from ..stored import load_tensors, read_json
 from ..uq import UQHead
-from .config import FitConfig
 from .state import load_state, save_state, saved_step
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,6 +11,10 @@ from ..data import MCItem, get_task
 from ..data.loaders import generic_item
 from ..errors import PolarVBLLError
 from ..metrics import classification_metrics, selective_metrics
+from .inference import predict
+
+if TYPE_CHECKING:
+    from .result import FitResult
 
 
 @dataclass
@@ -89,8 +93,8 @@ class Predictions:
         return "\n".join(lines)
 
 
-def predict_run(
-    run,
+def predict_with(
+    run: FitResult,
     questions: list[dict] | None = None,
     *,
     task: str | None = None,
@@ -99,17 +103,12 @@ def predict_run(
     n_samples: int = 100,
     progress: bool = False,
 ) -> Predictions:
-    """Predictions of a run (a folder written by ``fit`` or a ``FitResult``) with their uncertainty.
+    """Predictions of a trained run (a ``FitResult``: ``fit``'s result or ``load_run``'s) with their uncertainty.
 
     ``questions``: dicts ``{"question", "choices", "answer" (optional), "context" (optional)}`` with at most as
     many choices as the run has classes, checked like a JSONL file's rows; otherwise the first ``limit`` examples
     of ``split`` of ``task`` (default: the run's own task and evaluation split).
     """
-    from .run import _check_labels, _restrict, load_run
-    from .trainer import predict
-
-    if isinstance(run, (str, Path)):
-        run = load_run(run)
     spec = run.task
     if questions is not None:
         if task or split:
@@ -124,8 +123,8 @@ def predict_run(
     else:
         if task:
             spec = get_task(task, run.config.template)
-            _check_labels(spec, run.task)
-        spec, items, _ = _restrict(spec, run.task.num_classes, split or run.config.eval_split, limit)
+            spec.check_answers_like(run.task)
+        spec, items, _ = spec.seen_by_head(run.task.num_classes, split or run.config.eval_split, limit)
     spec = replace(spec, num_classes=run.task.num_classes)
     config = run.config
     out = predict(

@@ -1,27 +1,25 @@
-"""Reload a finished run folder and evaluate it, on its own task or on another with the same labels."""
+"""Finished run folders: reload one (``load_run``), refine one by a post-hoc method (``refine``), predict with one."""
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 from ..adapters import load_adapter_state
 from ..atomic import atomic_write_json
-from ..data import TaskSpec, get_task
-from ..data.tasks import _load_file
+from ..config import FitConfig
 from ..errors import PolarVBLLError
-from ..metrics import ood_metrics
 from ..models import load_backbone
 from ..outputs import OutputKind, claim, prepare_output
-from ..report import write_report
 from ..stored import load_tensors, read_json, tensor_metadata
+from .build import build_components, training_items
 from .checkpoint import load_head
-from .config import FitConfig
-from .trainer import FitResult, build_components, calibration_plots, evaluate_components, finish_run, training_items
+from .finish import finish_run
+from .predictions import Predictions, predict_with
+from .result import FitResult
 
 
-def _read_run(run_dir: Path) -> tuple[FitConfig, dict]:
+def read_run(run_dir: Path) -> tuple[FitConfig, dict]:
     if not run_dir.is_dir():
         raise PolarVBLLError(f"{run_dir}: no such run folder")
     for name in ("config.json", "report.json"):
@@ -40,7 +38,7 @@ def load_run(run_dir: str | Path, config: FitConfig | None = None) -> FitResult:
     ``config``: build the head of this config instead of the run's (``refine``: a posterior still to be fitted).
     """
     run_dir = Path(run_dir)
-    saved, report = _read_run(run_dir)
+    saved, report = read_run(run_dir)
     adapter_file = run_dir / "adapter" / "adapter_model.safetensors"
     tensor_metadata(adapter_file, "adapter weights")  # a missing or truncated file fails before the model loads
     tensor_metadata(run_dir / "head.safetensors", "head")
@@ -101,7 +99,7 @@ def refine(
     temperature scaling, VBLL → + last-layer Laplace and/or a temperature.
     """
     run_dir, out = Path(run_dir), Path(out)
-    saved, source_report = _read_run(run_dir)
+    saved, source_report = read_run(run_dir)
     config = refined_config(saved, temperature_scaling, laplace, **options)
     if out.resolve() == run_dir.resolve():
         raise PolarVBLLError(f"refine: --out must differ from the run folder {run_dir}")
@@ -128,98 +126,7 @@ def refine(
     )
 
 
-def _restrict(task: TaskSpec, num_classes: int, split: str | None, limit: int | None):
-    """The task seen through a ``num_classes`` head: items with more choices are dropped (counted)."""
-    items = _load_file(task.files[split or task.eval_split], task.reader)
-    kept = [item for item in items if len(item.choices) <= num_classes][: limit or None]
-    return replace(task, num_classes=num_classes), kept, len(items)
-
-
-def evaluate_run(
-    run_dir: str | Path,
-    task: str | None = None,
-    split: str | None = None,
-    limit: int | None = None,
-    out: str | Path | None = None,
-    ood: list[str] | tuple = (),
-    progress: bool = True,
-    command: str | None = None,
-) -> dict:
-    """Metrics of a trained run on ``task`` (default: its own), and OOD detection against each task in ``ood``.
-
-    Tasks must answer with the run's label words; for lettered tasks with more choices than the run has classes
-    (ARC has 3-5 under an OBQA-trained 4-class head), the items with too many choices are dropped and counted.
-    """
-    if limit is not None and limit < 1:
-        raise PolarVBLLError(f"limit: must be >= 1 (leave it unset for all), got {limit}")
-    if out is not None:
-        prepare_output(out, OutputKind.EVALUATION)
-    run = load_run(run_dir)
-    config = run.config
-    target = get_task(task, config.template) if task else run.task
-    _check_labels(target, run.task)
-    target, items, n_total = _restrict(target, run.task.num_classes, split or config.eval_split, limit)
-    evaluation = evaluate_components(run.backbone, run.head, target, config, split, progress=progress, items=items)
-    report = {
-        **{k: v for k, v in run.report.items() if k not in ("metrics", "timings", "ood")},
-        "task": evaluation["task"],
-        "split": evaluation["split"],
-        "n": evaluation["n"],
-        "metrics": evaluation["metrics"],
-        "trained_on": run.task.name,
-        "n_total": n_total,
-        "timings": {"eval_s": evaluation["eval_s"]},
-        "command": command or f"polar-vbll evaluate {run_dir} --task {target.name}",
-    }
-    images = calibration_plots(evaluation)
-    if ood:
-        report["ood"], ood_scores = {}, {}
-        for name in ood:
-            spec = get_task(name, config.template)
-            _check_labels(spec, run.task)
-            spec, kept, total = _restrict(spec, run.task.num_classes, None, limit)
-            if not kept:
-                raise PolarVBLLError(f"OOD task '{name}': no item has at most {run.task.num_classes} choices")
-            shifted = evaluate_components(
-                run.backbone, run.head, spec, config, spec.eval_split, progress=progress, items=kept
-            )
-            detection = {c: ood_metrics(evaluation["scores"][c], shifted["scores"][c]) for c in evaluation["scores"]}
-            best = max(detection, key=lambda c: detection[c]["ood/auroc"])
-            report["ood"][spec.name] = {
-                "split": spec.eval_split,
-                "n": len(kept),
-                "n_total": total,
-                "metrics": shifted["metrics"],
-                "detection": detection,
-                "best_criterion": best,
-            }
-            ood_scores[spec.name] = shifted["scores"]
-        report["ood_note"] = (
-            f"Items with more than {run.task.num_classes} choices are dropped from tasks with more "
-            "classes (kept / total above); the remaining ones keep probability 0 on absent letters."
-        )
-        best = max(
-            evaluation["scores"], key=lambda c: sum(e["detection"][c]["ood/auroc"] for e in report["ood"].values())
-        )
-        report["ood_best_criterion"] = best
-        from ..report import plots
-
-        images["ood_hist"] = plots.score_histograms(
-            evaluation["scores"][best], {n: sc[best] for n, sc in ood_scores.items()}, best
-        )
-        images["ood_roc"] = plots.roc_curves(
-            evaluation["scores"][best], {n: sc[best] for n, sc in ood_scores.items()}, best
-        )
-    if out is not None:
-        write_report(report, out, images)
-    return report
-
-
-def _check_labels(task: TaskSpec, trained: TaskSpec) -> None:
-    same_words = task.label_words() == trained.label_words()
-    both_letters = task.template.labels == "letters" and trained.template.labels == "letters"
-    if not (same_words or both_letters):
-        raise PolarVBLLError(
-            f"task '{task.name}' answers with {task.label_words()}, but the run was trained on "
-            f"'{trained.name}' with {trained.label_words()}"
-        )
+def predict_run(run: FitResult | str | Path, questions: list[dict] | None = None, **options) -> Predictions:
+    """Predictions of a run (a folder written by ``fit``, or a ``FitResult``) with their uncertainty: see
+    :func:`~polar_vbll.engine.predictions.predict_with` for ``questions`` and ``options``."""
+    return predict_with(run if isinstance(run, FitResult) else load_run(run), questions, **options)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from polar_vbll.adapters import adapter_state_dict
+from polar_vbll.engine import FitConfig, evaluate_run, fit
 from polar_vbll.errors import PolarVBLLError
-from polar_vbll.train import FitConfig, evaluate_run, fit
-from tests.train.test_fit import config, log_lines, task_dir  # noqa: F401  (fixture)
+from tests.engine.test_fit import config, log_lines, task_dir  # noqa: F401  (fixture)
 
 OPTIONS = {
     "pissa": {},
@@ -75,8 +75,8 @@ def test_adapter_options_reach_the_adapter_and_are_validated():
 def test_export_lora_from_the_command_line(tiny_dir, task_dir, tmp_path):  # noqa: F811
     from polar_vbll.adapters import load_adapter
     from polar_vbll.cli import main
+    from polar_vbll.engine import load_run
     from polar_vbll.models import load_backbone
-    from polar_vbll.train import load_run
 
     fit(config(tiny_dir, task_dir, adapter="pissa", uq="map", steps=3), tmp_path / "run", progress=False)
     assert main(["export-lora", str(tmp_path / "run"), str(tmp_path / "lora")]) == 0
@@ -128,7 +128,7 @@ def test_uq_methods_train_and_reload_to_their_report(adapter, uq, tiny_dir, task
 
 def test_temperature_on_top_of_vbll_and_held_out_examples_are_not_trained_on(tiny_dir, task_dir, tmp_path):  # noqa: F811
     from polar_vbll.data import get_task
-    from polar_vbll.train.trainer import training_items
+    from polar_vbll.engine.build import training_items
 
     cfg = config(tiny_dir, task_dir, temperature_scaling=True, calibration_size=6, steps=2)
     train, held = training_items(get_task(str(task_dir)), cfg)

@@ -1,0 +1,64 @@
+"""Components of a run from its config, through the registries: backbone with the adapter, task, head, data."""
+
+from __future__ import annotations
+
+import torch
+
+from ..adapters import ADAPTERS, inject_adapters, make_config
+from ..adapters.base import AdapterConfig
+from ..config import FitConfig
+from ..data import TaskSpec, get_task, label_token_ids
+from ..errors import PolarVBLLError
+from ..models import Backbone, load_backbone
+from ..uq import UQ_METHODS
+from .prepare import TrainingInputs
+
+
+def build_components(
+    config: FitConfig, backbone: Backbone | None = None, n_train: int | None = None, restore: bool = False
+):
+    """Backbone with the adapter injected, the task, its label ids and the head, as ``config`` says.
+
+    ``restore=True``: the adapter will be loaded from a run, so data-dependent initialization (CorDA's covariances,
+    PiSSA's SVD, S2FT's permutation) is skipped.
+    """
+    torch.manual_seed(config.seed)
+    backbone = backbone or load_backbone(config.model)
+    # a new fit has refused an ambiguous task name already (_check_inputs); a saved one meant the bundled task
+    task = get_task(config.task, config.template, registered_first=True)
+    label_ids = label_token_ids(backbone.tokenizer, task.label_words(), task.name)
+    init_weight = backbone.lm_head.weight.detach()[label_ids].clone().float()
+    if n_train is None:
+        n_train = len(training_items(task, config)[0])
+    method = UQ_METHODS.get(config.uq)
+    head = method.build(init_weight, n_train, config=config.vbll, fit=config)
+    adapter = make_config(config.adapter, **config.adapter_options())
+    layer = ADAPTERS.get(config.adapter).layer
+    data = {}
+    if layer is not None and layer.needs_data and not restore:
+        assert isinstance(adapter, AdapterConfig)  # a layer method's config
+        data = layer.prepare(backbone.model, adapter, TrainingInputs(backbone, config))
+    members = config.ensemble_size if method.ensemble else 1
+    inject_adapters(backbone.model, adapter, restore=restore, members=members, **data)
+    head.attach(backbone)
+    return backbone, task, head
+
+
+def training_items(task: TaskSpec, config: FitConfig) -> tuple[list, list]:
+    """(examples to train on, examples held out for the temperature).
+
+    With ``calibration_holdout`` a seeded random ``calibration_size`` of the training split is held out first and
+    never trained on; ``train_limit`` then keeps the first N of the rest.
+    """
+    items = task.load("train")
+    held_out: list = []
+    if config.calibration_holdout:
+        if config.calibration_size >= len(items):
+            raise PolarVBLLError(
+                f"FitConfig.calibration_size={config.calibration_size} leaves no training examples of {len(items)}"
+            )
+        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(config.seed + 7919)).tolist()
+        held = set(order[: config.calibration_size])
+        held_out = [items[i] for i in sorted(held)]
+        items = [x for i, x in enumerate(items) if i not in held]
+    return items[: config.train_limit or None], held_out

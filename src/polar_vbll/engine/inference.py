@@ -1,0 +1,102 @@
+"""The one prediction path: probabilities, uncertainty and OOD scores of any head (zero-shot is a point head)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import FitConfig
+from ..data import TaskSpec, encoded_batches
+from ..metrics import classification_metrics, criterion_scores, selective_metrics
+from ..models import Backbone
+from ..uq import UQHead, uncertainty_decomposition
+
+
+@torch.no_grad()
+def predict(
+    backbone: Backbone,
+    head: UQHead,
+    task: TaskSpec,
+    items,
+    batch_size: int,
+    max_length: int,
+    seed: int = 0,
+    n_samples: int = 100,
+    progress: bool = False,
+    return_logits: bool = False,
+    padding_side: str = "right",
+    desc: str = "evaluating",
+) -> dict:
+    """Probabilities (N, C), per-example total / aleatoric / epistemic uncertainty and the ID score of every OOD
+    criterion the head supports (``scores``), in data order; with ``return_logits`` the logit samples (N, S, C);
+    ``prompts``: how many prompts lost their start to ``max_length`` and their mean length in tokens."""
+    backbone.eval()
+    head.eval()
+    generator = torch.Generator().manual_seed(seed)
+    stats: dict = {}
+    batches = encoded_batches(
+        backbone.tokenizer, task, items, max_length, batch_size, padding_side=padding_side, stats=stats
+    )
+    out: dict = {k: np.zeros(len(items)) for k in ("total", "aleatoric", "epistemic")}
+    out["probs"] = np.zeros((len(items), task.num_classes))
+    scores: dict[str, np.ndarray] = {}
+    bar = tqdm(total=len(items), desc=desc, unit="ex", disable=not progress)
+    for idx, batch in batches:
+        probs, logits = head.predict_batch(backbone, batch, n_samples, generator)
+        out["probs"][idx] = probs.double().numpy()
+        if return_logits:
+            out.setdefault("logits", np.zeros((len(items), *logits.shape[1:])))[idx] = logits.double().numpy()
+        for key, part in uncertainty_decomposition(torch.softmax(logits, -1)).items():
+            out[key][idx] = part.double().numpy()
+        for key, value in criterion_scores(logits, head.stochastic).items():
+            scores.setdefault(key, np.zeros(len(items)))[idx] = value
+        bar.update(len(idx))
+    bar.close()
+    out["scores"] = scores
+    out["prompts"] = stats
+    return out
+
+
+def evaluate_components(
+    backbone,
+    head,
+    task,
+    config: FitConfig,
+    split: str | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+    items=None,
+) -> dict:
+    """Metrics (cls/, cal/, sel/, unc/), probabilities and OOD criterion scores on ``split`` (or on ``items``)."""
+    split = split or config.eval_split or task.eval_split
+    items = task.load(split)[: limit or None] if items is None else items
+    start = time.perf_counter()
+    pred = predict(
+        backbone, head, task, items, config.eval_batch_size, config.max_length, config.seed, progress=progress
+    )
+    labels = np.array([item.answer for item in items])
+    metrics = classification_metrics(pred["probs"], labels)
+    metrics.update(selective_metrics(pred["probs"], labels))
+    metrics.update({f"unc/{k}_mean": float(pred[k].mean()) for k in ("total", "aleatoric", "epistemic")})
+    return {
+        "task": task.name,
+        "split": split,
+        "n": len(items),
+        "metrics": metrics,
+        "probs": pred["probs"],
+        "labels": labels,
+        "scores": pred["scores"],
+        "eval_s": time.perf_counter() - start,
+    }
+
+
+def calibration_plots(evaluation: dict) -> dict[str, bytes]:
+    """The report plots of an ``evaluate_components`` result."""
+    from ..report import plots
+
+    return plots.calibration_plots(
+        evaluation["probs"], evaluation["labels"], f"{evaluation['task']} / {evaluation['split']}"
+    )

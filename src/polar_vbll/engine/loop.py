@@ -1,0 +1,194 @@
+"""``fit``: fine-tune an adapter and an uncertainty head on a task, alternating between them, resumably.
+
+Run folder (``out``):
+    config.json                 the FitConfig
+    train_log.jsonl             one line per step: loss, its terms, running accuracy, learning rates, diagnostics
+    checkpoint/                 latest resumable state (adapter, head, optimizers, step, RNG), written atomically
+    adapter/                    final adapter (adapter_config.json + adapter_model.safetensors)
+    head.safetensors            final head
+    report.json, report.md      metrics on the evaluation split
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..adapters import adapter_diagnostics, adapter_parameters, model_tuner
+from ..atomic import atomic_write_json
+from ..config import FitConfig
+from ..data import encoded_batches, get_task
+from ..errors import PolarVBLLError
+from ..models import Backbone, resolve_model
+from ..optim import build_optimizer
+from ..outputs import OutputKind, claim, prepare_output
+from .build import build_components, training_items
+from .checkpoint import (
+    FitInterrupted,
+    interrupted_message,
+    load_checkpoint,
+    resumed_config,
+    save_checkpoint,
+    truncate_log,
+)
+from .finish import finish_run
+from .result import FitResult
+from .schedule import batch_indices, phase_of, warmup_linear
+
+StepCallback = Callable[[int, dict], None]
+
+
+def _clip(params: Iterable[torch.nn.Parameter], max_norm: float) -> float:
+    params = [p for p in params if p.grad is not None]
+    if not params or max_norm <= 0:
+        return 0.0
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def fit(
+    config: FitConfig | None = None,
+    out: str | Path = "runs/fit",
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    backbone: Backbone | None = None,
+    progress: bool = True,
+    callbacks: Iterable[StepCallback] = (),
+    command: str | None = None,
+    **overrides,
+) -> FitResult:
+    """Train ``config`` (or ``FitConfig(**overrides)``) into the run folder ``out``.
+
+    ``resume=True`` continues from ``out/checkpoint`` with the config saved there and ends with the same final
+    state as an uninterrupted run; ``overwrite=True`` deletes an existing run in ``out`` first.
+    ``callbacks`` are called as ``callback(step, logs)`` after every step.
+    """
+    out = Path(out)
+    if resume:
+        config = resumed_config(out, overrides)
+    else:
+        config = config or FitConfig(**overrides)
+        _check_inputs(config)  # before --overwrite removes anything
+        prepare_output(out, OutputKind.RUN, overwrite=overwrite)
+    backbone, task, head = build_components(config, backbone)
+    items, held_out = training_items(task, config)
+    adapter_params = adapter_parameters(backbone.model)
+    tuner = model_tuner(backbone.model)
+    weight_decay = head.adapter_weight_decay if config.weight_decay is None else config.weight_decay
+    assert config.optimizer is not None  # FitConfig sets the adapter's default
+    adapter_opt = build_optimizer(
+        adapter_params,
+        config.optimizer,
+        lr=config.lr_adapter,
+        weight_decay=weight_decay,
+        landing_lambda=config.landing_lambda,
+    )
+    head_opt = torch.optim.Adam(head.parameters(), lr=config.lr_head)
+    schedule = warmup_linear(config.steps, config.warmup_ratio, config.lr_restarts)
+    optimizers = [adapter_opt, head_opt]
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+    start_step, correct, seen = 0, 0, 0
+    if resume:
+        start_step, correct, seen = load_checkpoint(out / "checkpoint", backbone, head, optimizers)
+        truncate_log(out / "train_log.jsonl", start_step)
+    else:
+        claim(out, "config.json", "train_log.jsonl", "checkpoint")
+        atomic_write_json(out / "config.json", config.to_dict())
+        (out / "train_log.jsonl").write_text("", encoding="utf-8")
+    checkpoint_step = start_step if resume else None
+    bar = tqdm(
+        range(start_step, config.steps), initial=start_step, total=config.steps, desc="fit", disable=not progress
+    )
+    train_start = time.perf_counter()
+    step = start_step
+    try:
+        for step in bar:
+            backbone.train()
+            head.train()
+            idx = batch_indices(step, config.batch_size, len(items), config.seed)
+            chosen = [items[i] for i in idx]
+            _, batch = next(
+                encoded_batches(backbone.tokenizer, task, chosen, config.max_length, len(idx), sort_by_length=False)
+            )
+            phase = phase_of(step, config)
+            if tuner is not None:
+                tuner.on_step(step, adapter_opt)
+            factor = schedule(step)
+            for optimizer in optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * factor
+            loss, terms, point = head.training_loss(backbone, batch, train_backbone=phase != "head")
+            adapter_opt.zero_grad(set_to_none=True)
+            head_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if phase in ("head", "joint"):
+                _clip(head.parameters(), config.grad_clip)
+                head_opt.step()
+            if phase in ("adapter", "joint"):
+                _clip(adapter_params, config.grad_clip)
+                adapter_opt.step()
+            hits = int((point.argmax(-1) == batch["labels"]).sum())
+            correct, seen = correct + hits, seen + len(idx)
+            logs = {
+                "step": step + 1,
+                "phase": phase,
+                "loss": loss.item(),
+                **terms,
+                "acc_running": correct / seen,
+                "lr_adapter": config.lr_adapter * factor,
+                "lr_head": config.lr_head * factor,
+            }
+            if config.log_every and (step + 1) % config.log_every == 0:
+                logs.update(adapter_diagnostics(backbone.model))
+            with (out / "train_log.jsonl").open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(logs) + "\n")
+            bar.set_postfix(
+                loss=f"{loss.item():.3f}",
+                acc=f"{correct / seen:.3f}",
+                phase=phase,
+                **{key: f"{value:.3g}" for key, value in terms.items()},
+            )
+            if (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0) or step + 1 == config.steps:
+                save_checkpoint(out / "checkpoint", step + 1, backbone, head, optimizers, correct, seen)
+                checkpoint_step = step + 1
+            for callback in callbacks:
+                callback(step + 1, logs)
+    except KeyboardInterrupt:
+        bar.close()
+        raise FitInterrupted(interrupted_message(out, step, checkpoint_step, config)) from None
+    bar.close()
+    try:
+        return finish_run(
+            config,
+            backbone,
+            head,
+            task,
+            items,
+            held_out,
+            out,
+            train_s=time.perf_counter() - train_start,
+            start_step=start_step,
+            command=command,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        raise FitInterrupted(interrupted_message(out, config.steps, config.steps, config)) from None
+
+
+def _check_inputs(config: FitConfig) -> None:
+    """The model and task exist, and the report will not score the training examples unless asked to (a folder
+    holding only ``train.jsonl``)."""
+    resolve_model(config.model)
+    task = get_task(config.task, config.template)
+    if config.eval_split is None and task.eval_split == "train":
+        raise PolarVBLLError(
+            f"task '{config.task}': only a train split, so the report would score the training examples; add a "
+            "validation.jsonl (or test.jsonl) beside it, or pass --eval-split train to do so knowingly"
+        )

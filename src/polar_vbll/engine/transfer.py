@@ -1,0 +1,91 @@
+"""A trained run on another task or split with the same answers, and OOD detection against shifted tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data import get_task
+from ..errors import PolarVBLLError
+from ..metrics import ood_metrics
+from ..outputs import OutputKind, prepare_output
+from ..report import plots, write_report
+from .inference import calibration_plots, evaluate_components
+from .runs import load_run
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    task: str | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    out: str | Path | None = None,
+    ood: list[str] | tuple = (),
+    progress: bool = True,
+    command: str | None = None,
+) -> dict:
+    """Metrics of a trained run on ``task`` (default: its own), and OOD detection against each task in ``ood``.
+
+    Tasks must answer with the run's label words; for lettered tasks with more choices than the run has classes
+    (ARC has 3-5 under an OBQA-trained 4-class head), the items with too many choices are dropped and counted.
+    """
+    if limit is not None and limit < 1:
+        raise PolarVBLLError(f"limit: must be >= 1 (leave it unset for all), got {limit}")
+    if out is not None:
+        prepare_output(out, OutputKind.EVALUATION)
+    run = load_run(run_dir)
+    config = run.config
+    target = get_task(task, config.template) if task else run.task
+    target.check_answers_like(run.task)
+    target, items, n_total = target.seen_by_head(run.task.num_classes, split or config.eval_split, limit)
+    evaluation = evaluate_components(run.backbone, run.head, target, config, split, progress=progress, items=items)
+    report = {
+        **{k: v for k, v in run.report.items() if k not in ("metrics", "timings", "ood")},
+        "task": evaluation["task"],
+        "split": evaluation["split"],
+        "n": evaluation["n"],
+        "metrics": evaluation["metrics"],
+        "trained_on": run.task.name,
+        "n_total": n_total,
+        "timings": {"eval_s": evaluation["eval_s"]},
+        "command": command or f"polar-vbll evaluate {run_dir} --task {target.name}",
+    }
+    images = calibration_plots(evaluation)
+    if ood:
+        report["ood"], ood_scores = {}, {}
+        for name in ood:
+            spec = get_task(name, config.template)
+            spec.check_answers_like(run.task)
+            spec, kept, total = spec.seen_by_head(run.task.num_classes, None, limit)
+            if not kept:
+                raise PolarVBLLError(f"OOD task '{name}': no item has at most {run.task.num_classes} choices")
+            shifted = evaluate_components(
+                run.backbone, run.head, spec, config, spec.eval_split, progress=progress, items=kept
+            )
+            detection = {c: ood_metrics(evaluation["scores"][c], shifted["scores"][c]) for c in evaluation["scores"]}
+            best = max(detection, key=lambda c: detection[c]["ood/auroc"])
+            report["ood"][spec.name] = {
+                "split": spec.eval_split,
+                "n": len(kept),
+                "n_total": total,
+                "metrics": shifted["metrics"],
+                "detection": detection,
+                "best_criterion": best,
+            }
+            ood_scores[spec.name] = shifted["scores"]
+        report["ood_note"] = (
+            f"Items with more than {run.task.num_classes} choices are dropped from tasks with more "
+            "classes (kept / total above); the remaining ones keep probability 0 on absent letters."
+        )
+        best = max(
+            evaluation["scores"], key=lambda c: sum(e["detection"][c]["ood/auroc"] for e in report["ood"].values())
+        )
+        report["ood_best_criterion"] = best
+        images["ood_hist"] = plots.score_histograms(
+            evaluation["scores"][best], {n: sc[best] for n, sc in ood_scores.items()}, best
+        )
+        images["ood_roc"] = plots.roc_curves(
+            evaluation["scores"][best], {n: sc[best] for n, sc in ood_scores.items()}, best
+        )
+    if out is not None:
+        write_report(report, out, images)
+    return report

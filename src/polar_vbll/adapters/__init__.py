@@ -4,14 +4,13 @@ A method is a config dataclass plus a layer class, registered in :data:`ADAPTERS
 """
 
 from . import corda, dora, lisa, lora, pissa, polar, s2ft  # noqa: F401  (registers the methods)
-from .base import (
-    ADAPTERS,
-    AdapterConfig,
+from .base import ADAPTERS, AdapterConfig, AdapterLinear, LowRankConfig, ModelTuner, TunerConfig, make_config
+from .corda import CordaConfig, CordaLinear, cached_covariances, collect_covariances
+from .diagnostics import adapter_diagnostics, orthogonality_error, stable_rank
+from .dora import DoraConfig, DoraLinear
+from .files import load_adapter, load_adapter_config, save_adapter
+from .injection import (
     AdapterEnsemble,
-    AdapterLinear,
-    LowRankConfig,
-    ModelTuner,
-    TunerConfig,
     adapter_config,
     adapter_layers,
     adapter_parameters,
@@ -19,19 +18,12 @@ from .base import (
     count_trainable,
     ensemble_size,
     inject_adapters,
-    load_adapter,
-    load_adapter_config,
     load_adapter_state,
-    make_config,
     merge_adapters,
     model_tuner,
-    save_adapter,
     set_active_member,
     unmerge_adapters,
 )
-from .corda import CordaConfig, CordaLinear, cached_covariances, collect_covariances
-from .diagnostics import adapter_diagnostics, orthogonality_error, stable_rank
-from .dora import DoraConfig, DoraLinear
 from .lisa import LisaConfig, LisaTuner
 from .lora import LoraConfig, LoraLinear
 from .pissa import PissaConfig, PissaLinear

@@ -25,7 +25,8 @@ from ..atomic import atomic_write_bytes
 from ..errors import PolarVBLLError
 from ..fields import help_field as _help
 from ..models.cache import cache_root
-from .base import ADAPTERS, AdapterConfig, AdapterMethod, target_names
+from .base import ADAPTERS, AdapterConfig, AdapterMethod
+from .injection import target_names
 from .lora import LoraConfig
 from .pissa import split_singular
 from .residual import ResidualLoraLinear

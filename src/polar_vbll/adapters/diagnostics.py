@@ -6,7 +6,7 @@ import geoopt
 import torch
 from torch import nn
 
-from .base import adapter_layers
+from .injection import adapter_layers
 
 
 @torch.no_grad()

@@ -19,7 +19,8 @@ from torch import nn
 from ..atomic import atomic_directory
 from ..errors import PolarVBLLError
 from ..outputs import check_replaceable
-from .base import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LowRankConfig, adapter_config, adapter_layers
+from .base import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LowRankConfig
+from .injection import adapter_config, adapter_layers
 from .lora import LoraConfig, LoraLinear
 
 

@@ -1,0 +1,173 @@
+"""Command line: ``polar-vbll data | models | fit | refine | evaluate | report | export-lora``; every failure ends in
+one line on stderr (``main``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from ..data.encoding import DEFAULT_MAX_LENGTH
+from ..errors import PolarVBLLError
+from .commands import (
+    cmd_data_list,
+    cmd_data_show,
+    cmd_evaluate,
+    cmd_export_lora,
+    cmd_models_list,
+    cmd_models_prepare,
+    cmd_refine,
+    cmd_report,
+)
+from .flags import add_fit_parser
+
+__all__ = ["OneLineParser", "build_parser", "main", "positive_int"]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (``polar-vbll fit: error: argument --steps: invalid int value: 'ten'``), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a limit of 0 or -5 would silently mean "all" or "all but 5")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..models import DEFAULT_MODEL
+
+    parser = OneLineParser(prog="polar-vbll", description="Calibrated fine-tuning of language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="list tasks, show prompts").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("list", help="every task with its number of choices and split sizes")
+    p.set_defaults(func=cmd_data_list)
+    p = data.add_parser("show", help="prompts as the model sees them, with label tokens")
+    p.add_argument("task", help="task name or path to a JSONL file/folder")
+    p.add_argument("--split", help="split (default: the task's evaluation split)")
+    p.add_argument("-n", type=positive_int, default=3, help="number of examples (default 3)")
+    p.add_argument("--template", help="prompt template name (default: the task's)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="whose tokenizer to use (default %(default)s)")
+    p.add_argument(
+        "--max-length",
+        type=positive_int,
+        default=DEFAULT_MAX_LENGTH,
+        help="token budget; longer prompts lose their start (default %(default)s)",
+    )
+    p.set_defaults(func=cmd_data_show)
+
+    models = sub.add_parser("models", help="embedded models").add_subparsers(dest="models_command", required=True)
+    p = models.add_parser("list", help="embedded models and whether they are cached")
+    p.set_defaults(func=cmd_models_list)
+    p = models.add_parser("prepare", help="build the safetensors cache of an embedded model")
+    p.add_argument("name", nargs="?", default=DEFAULT_MODEL)
+    p.add_argument("--force", action="store_true", help="rebuild even if a valid cache exists")
+    p.set_defaults(func=cmd_models_prepare)
+
+    add_fit_parser(sub)
+
+    p = sub.add_parser("report", help="compare the reports of several runs side by side")
+    p.add_argument("runs", nargs="+", help="run or report folders (each holds report.json)")
+    p.add_argument("--out", help="folder for comparison.md")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "refine",
+        help="add a post-hoc method to a finished run without retraining (Laplace, temperature scaling)",
+        description="Write a new run folder: MAP → Laplace-LoRA (--laplace) or temperature scaling; VBLL → + "
+        "last-layer Laplace and/or a temperature. Equals `fit` of that method on the same data.",
+    )
+    p.add_argument("run_dir", help="a finished run folder written by `fit`")
+    p.add_argument("--out", required=True, help="folder for the refined run")
+    p.add_argument("--laplace", action="store_true", help="fit a Laplace posterior (map: Laplace-LoRA; vbll: LLLA)")
+    p.add_argument(
+        "--temperature-scaling",
+        action="store_true",
+        help="fit a temperature on the run's held-out examples (needs a run trained with --calibration-holdout)",
+    )
+    p.add_argument(
+        "--laplace-samples", type=positive_int, help="training examples for the Laplace Hessian (default: run's)"
+    )
+    p.add_argument("--la-subset", choices=["adapter", "last_layer"], help="Laplace-LoRA weights (default: run's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_refine)
+
+    p = sub.add_parser(
+        "export-lora", help="convert a run's PiSSA/CorDA adapter into a plain LoRA adapter for the original weights"
+    )
+    p.add_argument("run_dir", help="a run folder written by `fit` with --adapter pissa or corda")
+    p.add_argument("out", help="folder for adapter_config.json + adapter_model.safetensors (rank 2r)")
+    p.set_defaults(func=cmd_export_lora)
+
+    p = sub.add_parser("evaluate", help="score a task split (zero-shot, or a trained RUN_DIR) and write a report")
+    p.add_argument("run_dir", nargs="?", help="a run folder written by `fit` (omit for zero-shot scoring)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, HF id or folder (default %(default)s)")
+    p.add_argument("--task", help="task name or path to a JSONL file/folder (default for a run: its own)")
+    p.add_argument("--split", help="split (default: the task's evaluation split)")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument(
+        "--max-length",
+        type=positive_int,
+        default=DEFAULT_MAX_LENGTH,
+        help="token budget; longer prompts lose their start (default %(default)s)",
+    )
+    p.add_argument("--limit", type=positive_int, help="only the first N examples")
+    p.add_argument("--template", help="prompt template name (default: the task's)")
+    p.add_argument("--bins", type=positive_int, default=15, help="ECE bins (default 15)")
+    p.add_argument(
+        "--ood",
+        action="append",
+        metavar="TASK",
+        help="with RUN_DIR: an out-of-distribution task to detect against the ID split (repeatable)",
+    )
+    p.add_argument("--out", help="folder for report.json and report.md")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; every failure ends in one line on stderr and a non-zero exit, never a traceback
+    (``POLAR_VBLL_DEBUG=1`` shows the traceback of an unexpected one)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    if getattr(args, "quiet", False):
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars too
+    try:
+        args.func(args)
+    except PolarVBLLError as exc:
+        return _fail(str(exc), 2)
+    except KeyboardInterrupt as exc:  # fit says where its last checkpoint is
+        return _fail(str(exc) or "interrupted", 130, prefix="polar-vbll: ")
+    except OSError as exc:  # a full or read-only disk, a file vanished under us
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}", 1)
+    except Exception as exc:  # a bug: one line and how to see more
+        if os.environ.get("POLAR_VBLL_DEBUG"):
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return _fail(f"internal error {type(exc).__name__}: {first} (POLAR_VBLL_DEBUG=1 shows the traceback)", 1)
+    return 0
+
+
+def _fail(message: str, code: int, prefix: str = "polar-vbll: error: ") -> int:
+    print(prefix + " ".join(message.split("\n")), file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""What each command of the command line does, given its parsed arguments."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+
+from ..errors import PolarVBLLError
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(
+        [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*map(str, r)) for r in rows]
+    )
+
+
+def cmd_data_list(args: argparse.Namespace) -> None:
+    from ..data import get_task, list_tasks
+
+    rows = []
+    for name in list_tasks():
+        task = get_task(name)
+        sizes = ", ".join(f"{split} {len(task.load(split))}" for split in task.splits)
+        rows.append([name, task.title, task.num_classes, sizes, task.eval_split, task.template.id])
+    print(_table(rows, ["task", "title", "classes", "splits (examples)", "evaluates on", "prompt"]))
+    print(
+        "\nOwn data: pass a JSONL file or a folder of <split>.jsonl files as TASK; one object per line:\n"
+        '  {"question": "...", "choices": ["...", "..."], "answer": 0, "context": "optional passage"}'
+    )
+
+
+def cmd_data_show(args: argparse.Namespace) -> None:
+    from ..data import get_task, label_token_ids
+    from ..data.encoding import encode_items
+    from ..models import load_tokenizer
+
+    task = get_task(args.task, args.template)
+    split = args.split or task.eval_split
+    items = task.load(split)[: args.n]
+    tokenizer = load_tokenizer(args.model)
+    ids = label_token_ids(tokenizer, task.label_words(), task.name)
+    print(f"task {task.name} ({task.title}), split {split}, prompt {task.template.id}")
+    print("labels: " + ", ".join(f"{w!r} -> token {i}" for w, i in zip(task.label_words(), ids)))
+    for item, encoded in zip(items, encode_items(tokenizer, task, items, args.max_length)):
+        print(
+            f"\n--- {item.source}  ({len(encoded.input_ids)} tokens{', truncated' if encoded.truncated else ''}; "
+            f"answer {task.label_words()[item.answer]!r})"
+        )
+        print(tokenizer.decode(encoded.input_ids))
+
+
+def cmd_models_list(args: argparse.Namespace) -> None:
+    from ..errors import CacheError
+    from ..models import EMBEDDED_MODELS
+    from ..models.cache import model_cache_dir, verify
+
+    rows = []
+    for name in EMBEDDED_MODELS:
+        spec = EMBEDDED_MODELS.get(name)
+        folder = model_cache_dir(name)
+        state = "no (run models prepare)"
+        if folder.exists():
+            try:
+                verify(folder)  # sizes and sha256 of every file: a damaged cache is not "cached"
+                state = "yes (verified)"
+            except CacheError as exc:
+                state = f"damaged, rebuilt on next use or by `models prepare --force` ({exc})"
+        rows.append([name, spec.description, spec.license, state])
+    print(_table(rows, ["model", "description", "license", "cached"]))
+    print("\nAny Hugging Face causal LM id or local folder works too (needs its weights locally or a network).")
+
+
+def cmd_models_prepare(args: argparse.Namespace) -> None:
+    from ..models import prepare_embedded
+
+    print(f"preparing {args.name} ...")
+    folder = prepare_embedded(args.name, force=args.force)
+    print(f"ready: {folder}")
+
+
+def _print_metrics(title: str, metrics: dict, note: str = "") -> None:
+    print(f"\n{title}")
+    if note:
+        print(f"note: {note}")
+    for key, value in metrics.items():
+        print(f"  {key:<22} {value:.4f}")
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    from dataclasses import fields
+
+    from ..engine import FitConfig, fit
+    from ..fields import ConfigFieldError
+    from ..uq import VBLLConfig
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(FitConfig) if f.name != "vbll"}
+    vbll = {f.name: getattr(args, f"vbll_{f.name}") for f in fields(VBLLConfig)}
+    vbll = {k: v for k, v in vbll.items() if v is not None}
+    command = shlex.join(["polar-vbll", *args.argv])
+    try:
+        if args.resume:
+            for flag, given in (("--config", args.config), ("--overwrite", args.overwrite), ("--vbll-*", vbll)):
+                if given:
+                    raise PolarVBLLError(f"{flag}: cannot be used with --resume (the run's config.json fixes it)")
+            if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
+                raise PolarVBLLError(f"--out {args.out}: --resume continues the run in {args.resume} there")
+            result = fit(out=args.resume, resume=True, progress=not args.quiet, command=command, **overrides)
+        else:
+            if args.config:
+                config = FitConfig.from_file(args.config, **overrides)
+                if vbll:
+                    config.vbll = VBLLConfig(**{**config.vbll.__dict__, **vbll})
+            else:
+                config = FitConfig(**{k: v for k, v in overrides.items() if v is not None}, vbll=VBLLConfig(**vbll))
+            out = args.out or "runs/fit"
+            result = fit(config, out=out, overwrite=args.overwrite, progress=not args.quiet, command=command)
+    except ConfigFieldError as exc:  # a flag's value: name the flag, as the user typed it
+        prefix = "--vbll-" if str(exc).startswith(("VBLLConfig", "FitConfig.vbll")) else "--"
+        raise PolarVBLLError(f"{prefix}{exc.field.replace('_', '-')}: {exc.detail}") from None
+    report = result.report
+    _print_metrics(
+        f"{report['task']} / {report['split']}: {report['n']} examples, "
+        f"{result.config.adapter}-{result.config.uq} on {report['model']['name']}",
+        report["metrics"],
+        report["model"].get("note", ""),
+    )
+    print(f"run folder: {result.out} (report.md, report.json, adapter/, head.safetensors, train_log.jsonl)")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from ..evaluation import evaluate
+
+    if args.ood and not args.run_dir:
+        raise PolarVBLLError("--ood needs a RUN_DIR: OOD detection evaluates a trained run")
+    if args.run_dir:
+        from ..engine import evaluate_run
+
+        report = evaluate_run(
+            args.run_dir,
+            args.task,
+            args.split,
+            args.limit,
+            args.out,
+            ood=args.ood or (),
+            progress=not args.quiet,
+            command=shlex.join(["polar-vbll", *args.argv]),
+        )
+        for name, entry in report.get("ood", {}).items():
+            best = entry["best_criterion"]
+            print(
+                f"  OOD {name}: {entry['n']}/{entry['n_total']} kept, acc {entry['metrics']['cls/acc']:.4f}, "
+                f"ECE {entry['metrics']['cal/ece']:.4f}, best criterion {best}: "
+                f"AUROC {entry['detection'][best]['ood/auroc']:.4f}, FPR95 {entry['detection'][best]['ood/fpr95']:.4f}"
+            )
+        _print_metrics(
+            f"{report['task']} / {report['split']}: {report['n']} examples, run {args.run_dir} "
+            f"(trained on {report['trained_on']})",
+            report["metrics"],
+            report["model"].get("note", ""),
+        )
+        return
+    if not args.task:
+        raise PolarVBLLError("evaluate needs --task (or a RUN_DIR to evaluate a trained run)")
+    result = evaluate(
+        args.model,
+        args.task,
+        args.split,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        limit=args.limit,
+        template=args.template,
+        n_bins=args.bins,
+        out=args.out,
+        progress=not args.quiet,
+        command=shlex.join(["polar-vbll", *args.argv]),
+    )
+    print(
+        f"\n{result.task} / {result.split}: {result.n} examples, model {result.model['name']}, "
+        f"prompt {result.prompt_version}"
+    )
+    if result.model.get("note"):
+        print(f"note: {result.model['note']}")
+    for key, value in result.metrics.items():
+        print(f"  {key:<10} {value:.4f}")
+    if args.out:
+        print(f"report: {args.out}/report.json, {args.out}/report.md")
+
+
+def cmd_export_lora(args: argparse.Namespace) -> None:
+    from ..adapters import export_lora
+    from ..adapters.base import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
+    from ..engine import load_run
+    from ..outputs import check_replaceable
+
+    check_replaceable(args.out, {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE})  # before the model loads
+    folder = export_lora(load_run(args.run_dir).backbone.model, args.out)
+    print(f"plain LoRA adapter (rank 2r, for the original weights): {folder}")
+
+
+def cmd_refine(args: argparse.Namespace) -> None:
+    from ..engine import refine
+
+    options = {k: getattr(args, k) for k in ("laplace_samples", "la_subset") if getattr(args, k) is not None}
+    result = refine(
+        args.run_dir,
+        args.out,
+        temperature_scaling=args.temperature_scaling,
+        laplace=args.laplace,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        command=shlex.join(["polar-vbll", *args.argv]),
+        **options,
+    )
+    report = result.report
+    _print_metrics(
+        f"{report['task']} / {report['split']}: {report['n']} examples, {result.config.adapter}-{result.config.uq}"
+        f" refined from {args.run_dir}",
+        report["metrics"],
+    )
+    print(f"run folder: {result.out}")
+
+
+# FitConfig fields whose default is None: the type their flag parses
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from ..atomic import atomic_write_text
+    from ..outputs import OutputKind, claim, prepare_output
+    from ..report import compare_runs
+    from ..stored import read_json
+
+    reports = []
+    for run in args.runs:
+        path = Path(run) / "report.json"
+        if not path.is_file():
+            raise PolarVBLLError(f"{path}: not found (is {run} a run or report folder?)")
+        report = read_json(path, "report")
+        if not isinstance(report, dict) or not {"metrics", "task", "split", "n", "model"} <= set(report):
+            raise PolarVBLLError(f"{path}: not a polar-vbll report (needs metrics, task, split, n, model)")
+        reports.append(report)
+    if args.out:
+        prepare_output(args.out, OutputKind.COMPARISON)
+    table = compare_runs(reports, [Path(run).name for run in args.runs])
+    print(table)
+    if args.out:
+        claim(args.out, "comparison.md")
+        atomic_write_text(Path(args.out) / "comparison.md", table)

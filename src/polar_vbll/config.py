@@ -156,6 +156,12 @@ class FitConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def post_hoc(self) -> list[str]:
+        """The post-hoc steps this run runs after training, in order (:data:`polar_vbll.posthoc.POST_HOC`)."""
+        steps = ["last_layer_laplace"] * self.laplace
+        steps += ["laplace_lora"] * UQ_METHODS.get(self.uq).post_hoc_laplace
+        return steps + ["temperature"] * bool(self.temperature_scaling)
+
     def adapter_options(self) -> dict[str, Any]:
         """Options of the adapter's config: shared fields (r, alpha, ...) by name, the method's own from
         ``<method>_<field>``, the seed from ``seed``; unset ``target_modules`` keeps the method's default."""

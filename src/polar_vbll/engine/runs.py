@@ -12,6 +12,7 @@ from ..errors import PolarVBLLError
 from ..models import load_backbone
 from ..outputs import OutputKind, claim, prepare_output
 from ..stored import load_tensors, read_json, tensor_metadata
+from ..uq import UQ_METHODS
 from .build import build_components, training_items
 from .checkpoint import load_head
 from .finish import finish_run
@@ -61,13 +62,16 @@ def refined_config(config: FitConfig, temperature_scaling: bool = False, laplace
     if unknown:
         raise PolarVBLLError(f"refine: unknown option(s) {sorted(unknown)} (laplace_samples, la_subset)")
     changes: dict = dict(options)
+    refinements = UQ_METHODS.get(config.uq).refinements
     if laplace:
-        if config.uq == "map":
-            changes["uq"] = "laplace"
-        elif config.uq == "vbll" and not config.laplace:
-            changes["laplace"] = True
-        else:
-            raise PolarVBLLError(f"refine: a Laplace refinement needs a map or vbll run, this one is {config.uq!r}")
+        done = all(getattr(config, k) == v for k, v in refinements.get("laplace", {}).items())
+        if "laplace" not in refinements or done:
+            able = [name for name in UQ_METHODS if "laplace" in UQ_METHODS.get(name).refinements]
+            raise PolarVBLLError(
+                f"refine: a Laplace refinement needs a {' or '.join(able)} run, this one is {config.uq!r}"
+                + (" (refined already)" if done and "laplace" in refinements else "")
+            )
+        changes.update(refinements["laplace"])
     if temperature_scaling:
         if config.temperature_scaling:
             raise PolarVBLLError("refine: the run already has a fitted temperature")
@@ -77,8 +81,8 @@ def refined_config(config: FitConfig, temperature_scaling: bool = False, laplace
                 "(train with --calibration-holdout)"
             )
         changes["temperature_scaling"] = True
-        if config.uq == "map" and not laplace:
-            changes["uq"] = "temperature"
+        if not laplace:  # MAP + temperature is the method "temperature"
+            changes.update(refinements.get("temperature", {}))
     return FitConfig(**{**config.to_dict(), **changes})
 
 

@@ -13,7 +13,7 @@ import abc
 import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -130,6 +130,9 @@ class UQMethod:
     alternates: bool = False
     #: whether its head can refine its own posterior by a last-layer Laplace after training (VBLL's ``laplace_``)
     last_layer_laplace: bool = False
+    #: what ``refine`` changes in a finished run's config to add a post-hoc method ("laplace", "temperature") to
+    #: it: MAP becomes Laplace-LoRA (another head, same weights), VBLL gains a last-layer Laplace
+    refinements: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: fit a temperature on held-out training examples after training (``--uq temperature``)
     post_hoc_temperature: bool = False
     #: the adapter input dropout the method implies (MC dropout: 0.1)

@@ -46,5 +46,6 @@ UQ_METHODS.register(
     UQMethod(
         "MAP: cross-entropy with weight decay 1e-5 on the adapter",
         lambda init_weight, n_train, **_: PointHead(init_weight, 1e-5),
+        refinements={"laplace": {"uq": "laplace"}, "temperature": {"uq": "temperature"}},
     ),
 )

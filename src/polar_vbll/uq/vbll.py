@@ -282,5 +282,6 @@ UQ_METHODS.register(
         lambda init_weight, n_train, config=None, **_: VBLLHead(init_weight, n_train, config),
         alternates=True,
         last_layer_laplace=True,
+        refinements={"laplace": {"laplace": True}},
     ),
 )

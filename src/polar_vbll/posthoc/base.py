@@ -1,0 +1,65 @@
+"""Post-hoc steps: what runs after training, each an object with ``fit(context) -> state`` (as TorchUncertainty's
+post-processing). A run's config lists them (``FitConfig.post_hoc()``); ``fit`` and ``refine`` run that list in
+order, the head keeps what they fitted (``head.safetensors``) and the report keeps each step's state under its
+``report_key``. A new step is one class and one registry line.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..config import FitConfig
+from ..data import TaskSpec, encoded_batches
+from ..models import Backbone
+from ..registry import Registry
+from ..uq import UQHead
+
+
+@dataclass
+class PostHocContext:
+    """What a step may use: the trained backbone and head, the task, the examples trained on and those held out."""
+
+    backbone: Backbone
+    head: UQHead
+    task: TaskSpec
+    items: list
+    held_out: list
+    config: FitConfig
+
+    def training_sample(self) -> list[dict]:
+        """Batches of a seeded random subset (``laplace_samples``) of the training examples."""
+        config = self.config
+        generator = torch.Generator().manual_seed(config.seed)
+        order = torch.randperm(len(self.items), generator=generator)[: config.laplace_samples]
+        chosen = [self.items[i] for i in order.tolist()]
+        tokenizer = self.backbone.tokenizer
+        batches = encoded_batches(tokenizer, self.task, chosen, config.max_length, config.eval_batch_size)
+        return [batch for _, batch in batches]
+
+
+class PostHocStep(abc.ABC):
+    """One post-hoc step. ``report_key``: where its state goes in the run report (None: it reports nothing)."""
+
+    report_key: ClassVar[str | None] = None
+
+    @abc.abstractmethod
+    def fit(self, context: PostHocContext) -> dict:
+        """Fit the step on ``context`` (changing the head in place) and return the state to report."""
+
+
+POST_HOC: Registry[type[PostHocStep]] = Registry("post-hoc step")
+
+
+def run_post_hoc(names: list[str], context: PostHocContext) -> dict[str, dict]:
+    """Run the steps ``names`` in order; returns ``{report_key: state}`` of the steps that report."""
+    reported = {}
+    for name in names:
+        step = POST_HOC.get(name)()
+        state = step.fit(context)
+        if step.report_key is not None:
+            reported[step.report_key] = state
+    return reported

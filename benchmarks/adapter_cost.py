@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, machine_info, run_worker, write_results  # noqa: E402
+
 VARIANTS = {  # name: (adapter, optimizer, lr, landing λ)
     "peft-lora": ("peft-lora", "adamw", 4e-4, None),
     "lora": ("lora", "adamw", 4e-4, None),
@@ -41,7 +40,7 @@ def rss_mb() -> float:
 def worker(variant: str, steps: int, warmup: int, batch_size: int, max_length: int) -> dict:
     from polar_vbll import get_task, load_backbone
     from polar_vbll.adapters import adapter_diagnostics, count_trainable, inject_adapters, make_config
-    from polar_vbll.data import encode_items, iter_batches, label_token_ids
+    from polar_vbll.data import encoded_batches, label_token_ids
     from polar_vbll.models import Backbone
     from polar_vbll.optim import build_optimizer
 
@@ -66,9 +65,8 @@ def worker(variant: str, steps: int, warmup: int, batch_size: int, max_length: i
         params, optimizer_name, lr=lr, **({"landing_lambda": landing_lambda} if landing_lambda else {})
     )
     items = task.load("train")[: batch_size * (steps + warmup)]
-    encoded = encode_items(backbone.tokenizer, task, items, max_length)
     batches = [
-        b for _, b in iter_batches(encoded, batch_size, backbone.tokenizer.pad_token_id, 2, sort_by_length=False)
+        b for _, b in encoded_batches(backbone.tokenizer, task, items, max_length, batch_size, sort_by_length=False)
     ]
     loaded_rss = rss_mb()
     times, parts = [], {"forward": [], "backward": [], "optimizer": []}
@@ -116,30 +114,10 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.steps, args.warmup, args.batch_size, args.max_length)))
         return
 
-    from polar_vbll.atomic import atomic_write_json, atomic_write_text
-
     rows = {}
     for variant in VARIANTS:
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--worker",
-                variant,
-                "--steps",
-                str(args.steps),
-                "--warmup",
-                str(args.warmup),
-                "--batch-size",
-                str(args.batch_size),
-                "--max-length",
-                str(args.max_length),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        rows[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+        options = [f"--steps={args.steps}", f"--warmup={args.warmup}", f"--batch-size={args.batch_size}"]
+        rows[variant] = run_worker(__file__, *options, f"--max-length={args.max_length}", "--worker", variant)
         print(variant, f"{rows[variant]['step_s_median']:.3f} s/step", f"{rows[variant]['peak_rss_mb']:.0f} MB")
     for row in rows.values():
         row["step_vs_lora"] = row["step_s_median"] / rows["lora"]["step_s_median"]
@@ -153,15 +131,6 @@ def main() -> None:
     command = (
         f"python benchmarks/adapter_cost.py --steps {args.steps} --warmup {args.warmup} "
         f"--batch-size {args.batch_size} --max-length {args.max_length}"
-    )
-    machine = {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
-    atomic_write_json(
-        RESULTS / "adapter_cost.json", {"command": command, "machine": machine, "rows": rows, "targets": checks}
     )
     lines = [
         "# Adapter train-step cost on SmolLM2-135M (CPU)",
@@ -196,13 +165,8 @@ def main() -> None:
         "term λ P (PᵀP − I) only balances the drift at some distance; λ = 1 (our default) ends these "
         f"{args.steps + args.warmup} steps several times closer to the manifold than λ = 5e-3. Stable ranks "
         "after this few steps say little; the training benchmarks report them after full runs.",
-        "",
-        f"Machine: {machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']}.",
-        "",
-        f"Reproduce: `{command}`",
-        "",
     ]
-    atomic_write_text(RESULTS / "adapter_cost.md", "\n".join(lines))
+    write_results(RESULTS / "adapter_cost", {"rows": rows, "targets": checks}, lines, machine_info(), command)
 
 
 if __name__ == "__main__":

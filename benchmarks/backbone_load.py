@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, machine_info, write_results  # noqa: E402
 
-from polar_vbll.atomic import atomic_write_json, atomic_write_text
-
-RESULTS = Path(__file__).parent / "results"
 TARGET_RELOAD_S = 3.0
 
 
@@ -43,36 +41,23 @@ def main() -> None:
     reload_s = statistics.median(reloads)
     command = f"python benchmarks/backbone_load.py --model {args.model} --repeats {args.repeats}"
     result = {
-        "command": command,
         "model": args.model,
         "first_build_s": build_s,
         "cached_reload_s": reloads,
         "cached_reload_median_s": reload_s,
         "target_reload_s": TARGET_RELOAD_S,
         "met": reload_s < TARGET_RELOAD_S,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
     }
-    atomic_write_json(RESULTS / "backbone_load.json", result)
-    atomic_write_text(
-        RESULTS / "backbone_load.md",
-        "\n".join(
-            [
-                "# Embedded model load time",
-                "",
-                "| measure | seconds | target |",
-                "|---|---|---|",
-                f"| first build (GGUF dequantize -> fp32 safetensors cache) | {build_s:.1f} | |",
-                f"| cached reload, sha256 verification included (median of {args.repeats}) | {reload_s:.2f} | "
-                f"< {TARGET_RELOAD_S:.0f} ({'met' if result['met'] else 'NOT met'}) |",
-                "",
-                f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}.",
-                "",
-                f"Reproduce: `{command}`",
-                "",
-            ]
-        ),
-    )
-    print(result)
+    lines = [
+        "# Embedded model load time",
+        "",
+        "| measure | seconds | target |",
+        "|---|---|---|",
+        f"| first build (GGUF dequantize -> fp32 safetensors cache) | {build_s:.1f} | |",
+        f"| cached reload, sha256 verification included (median of {args.repeats}) | {reload_s:.2f} | "
+        f"< {TARGET_RELOAD_S:.0f} ({'met' if result['met'] else 'NOT met'}) |",
+    ]
+    write_results(RESULTS / "backbone_load", result, lines, machine_info(), command)
 
 
 if __name__ == "__main__":

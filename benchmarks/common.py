@@ -98,13 +98,11 @@ def inference_times(result, n_batches: int, batch_size: int = 32, n_samples: int
 
     import torch
 
-    from polar_vbll.data import encode_items, iter_batches
+    from polar_vbll.data import encoded_batches
 
     backbone, head, task = result.backbone, result.head, result.task
     items = task.load(task.eval_split)[: n_batches * batch_size]
-    encoded = encode_items(backbone.tokenizer, task, items, result.config.max_length)
-    pad = backbone.tokenizer.pad_token_id
-    batches = [b for _, b in iter_batches(encoded, batch_size, pad, task.num_classes)]
+    batches = [b for _, b in encoded_batches(backbone.tokenizer, task, items, result.config.max_length, batch_size)]
     generator = torch.Generator().manual_seed(0)
     times = []
     for batch in [batches[0], *batches]:

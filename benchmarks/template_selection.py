@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from polar_vbll import evaluate, get_task, load_backbone
-from polar_vbll.atomic import atomic_write_json, atomic_write_text
 from polar_vbll.data import TEMPLATES
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, machine_info, write_results  # noqa: E402
 
 
 def _mean(rows: list[dict], template: str, key: str) -> float:
@@ -65,20 +65,6 @@ def main() -> None:
             -_mean(rows, TEMPLATES.get(name).id, "cls/acc"),
         ),
     )
-    atomic_write_json(
-        RESULTS / "template_selection.json",
-        {
-            "command": command,
-            "model": backbone.describe(),
-            "rows": rows,
-            "chosen": TEMPLATES.get(chosen).id,
-            "machine": {
-                "platform": platform.platform(),
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-            },
-        },
-    )
     lines = [
         f"# Prompt template selection (zero-shot, training splits, first {args.limit} items)",
         "",
@@ -96,11 +82,9 @@ def main() -> None:
         "Rule: the lowest mean NLL over these tasks (a proper scoring rule; accuracy differences of a few",
         f"points are within noise at n = {args.limit}) becomes the default of the lettered tasks.",
         f"Chosen: `{TEMPLATES.get(chosen).id}`.",
-        "",
-        "Reproduce: `" + command + "`",
-        "",
     ]
-    atomic_write_text(RESULTS / "template_selection.md", "\n".join(lines))
+    data = {"model": backbone.describe(), "rows": rows, "chosen": TEMPLATES.get(chosen).id}
+    write_results(RESULTS / "template_selection", data, lines, machine_info(), command)
     print(json.dumps(rows, indent=1))
 
 

@@ -10,20 +10,19 @@ Writes ``benchmarks/results/vbll_inference.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from polar_vbll import get_task, load_backbone
-from polar_vbll.atomic import atomic_write_json, atomic_write_text
-from polar_vbll.data import encode_items, iter_batches, label_token_ids
+from polar_vbll.data import encoded_batches, label_token_ids
 from polar_vbll.uq import PointHead, VBLLConfig, VBLLHead
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, machine_info, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -41,8 +40,8 @@ def main() -> None:
         "vbll-mc1000": VBLLHead(init, 1000, VBLLConfig(predictive="mc", n_samples=1000)),
         "vbll-probit": VBLLHead(init, 1000, VBLLConfig(predictive="probit")),
     }
-    encoded = encode_items(backbone.tokenizer, task, task.load(task.eval_split)[: args.batch_size])
-    _, batch = next(iter_batches(encoded, args.batch_size, backbone.tokenizer.pad_token_id, task.num_classes))
+    items = task.load(task.eval_split)[: args.batch_size]
+    _, batch = next(encoded_batches(backbone.tokenizer, task, items, batch_size=args.batch_size))
     times = {name: [] for name in heads}
     with torch.inference_mode():
         for repeat in range(args.repeats + 2):  # the first two are warm-up
@@ -58,19 +57,14 @@ def main() -> None:
         f"python benchmarks/vbll_inference.py --task {args.task} --batch-size {args.batch_size} "
         f"--repeats {args.repeats}"
     )
-    atomic_write_json(
-        RESULTS / "vbll_inference.json",
-        {
-            "command": command,
-            "times_s": times,
-            "median_s": medians,
-            "ratio_to_map": ratios,
-            "target": 1.05,
-            "met": ratios["vbll-mc1000"] <= 1.05,
-            "tokens": int(batch["attention_mask"].sum()),
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
-        },
-    )
+    data = {
+        "times_s": times,
+        "median_s": medians,
+        "ratio_to_map": ratios,
+        "target": 1.05,
+        "met": ratios["vbll-mc1000"] <= 1.05,
+        "tokens": int(batch["attention_mask"].sum()),
+    }
     lines = [
         "# VBLL predictive vs MAP forward (one evaluation batch, SmolLM2-135M, CPU)",
         "",
@@ -84,12 +78,8 @@ def main() -> None:
     lines += [
         "",
         f"Target VBLL (1000 MC samples) ≤ 1.05 × MAP: {'met' if ratios['vbll-mc1000'] <= 1.05 else 'NOT met'}.",
-        "",
-        f"Reproduce: `{command}`",
-        "",
     ]
-    atomic_write_text(RESULTS / "vbll_inference.md", "\n".join(lines))
-    print("\n".join(lines))
+    write_results(RESULTS / "vbll_inference", data, lines, machine_info(), command)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,11 @@ from common import RESULTS, machine_info, write_results  # noqa: E402
 
 def head_features(backbone, task, items, max_length: int, batch_size: int = 16) -> torch.Tensor:
     """φ(x) (N, d) of ``items`` under ``task``'s prompt."""
-    from polar_vbll.data import encode_items, iter_batches
+    from polar_vbll.data import encoded_batches
 
-    encoded = encode_items(backbone.tokenizer, task, items, max_length)
     features = torch.zeros(len(items), backbone.model.config.hidden_size)
     with torch.no_grad():
-        for idx, batch in iter_batches(encoded, batch_size, backbone.tokenizer.pad_token_id, task.num_classes):
+        for idx, batch in encoded_batches(backbone.tokenizer, task, items, max_length, batch_size):
             features[idx] = backbone.features(batch["input_ids"], batch["attention_mask"]).float()
     return features
 

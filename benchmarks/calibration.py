@@ -308,6 +308,7 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     from polar_vbll.atomic import atomic_write_json
+    from polar_vbll.outputs import claim
 
     tasks = args.tasks or profile.tasks
     methods = args.methods or list(METHODS) + (list(ABLATIONS) if args.ablations else [])
@@ -337,6 +338,7 @@ def main() -> None:
         entry = {"key": key, "wall_s": time.perf_counter() - start, **result}
         if recorded:  # the table's cell time stays the first measurement's; the rebuild's is kept beside it
             entry["rebuild_wall_s"], entry["wall_s"] = entry["wall_s"], recorded["wall_s"]
+        claim(folder, "cell.json")  # the run folder's marker lists it: --overwrite removes it with the run
         atomic_write_json(folder / "cell.json", entry)
         cells[key] = entry
         write_results(args.profile, profile, cells)  # after every cell: a killed session loses no finished cell

@@ -21,12 +21,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, inference_times, peak_rss_mb, timed_fit  # noqa: E402
+from common import RESULTS, inference_times, peak_rss_mb, run_worker, timed_fit  # noqa: E402
 
 # Learning rates: the project default 1e-3 for the low-rank adapters; S2FT and LISA change full-size weight blocks,
 # so they get their papers' smaller rates.
@@ -110,6 +109,7 @@ def main() -> None:
     import torch
 
     from polar_vbll.atomic import atomic_write_json, atomic_write_text
+    from polar_vbll.outputs import claim
 
     flags = [
         f"--grid={args.grid}",
@@ -128,10 +128,8 @@ def main() -> None:
             rows[row] = json.loads(done.read_text())
             print(f"{row}: reused {done}", flush=True)
             continue
-        out = subprocess.run([sys.executable, __file__, "--worker", row, *flags], capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(f"{row} failed:\n{out.stderr[-3000:]}")
-        rows[row] = json.loads(out.stdout.strip().splitlines()[-1])
+        rows[row] = run_worker(__file__, "--worker", row, *flags)
+        claim(done.parent, done.name)
         atomic_write_json(done, rows[row])
         m = rows[row]["metrics"]
         print(

@@ -127,6 +127,7 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     from polar_vbll.atomic import atomic_write_json, atomic_write_text
+    from polar_vbll.outputs import claim
 
     runs = Path(args.runs or f"runs/calibration/{args.profile}")
     seed = PROFILES[args.profile].seeds[0]
@@ -162,6 +163,7 @@ def main() -> None:
         start = time.perf_counter()
         flags = [f"--profile={args.profile}", "--worker", str(run)] + ([f"--limit={args.limit}"] if args.limit else [])
         rows[method] = {**run_worker(__file__, *flags), "wall_s": time.perf_counter() - start}
+        claim(done.parent, done.name)
         atomic_write_json(done, rows[method])
         best = rows[method]["best_criterion"]
         mean = statistics.mean(rows[method]["ood"][t]["detection"][best]["ood/auroc"] for t in OOD_TASKS)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import platform
 import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .data import TaskSpec, get_task, label_token_ids
 from .data.encoding import DEFAULT_MAX_LENGTH
@@ -18,7 +16,7 @@ from .errors import PolarVBLLError
 from .metrics import classification_metrics, selective_metrics
 from .models import DEFAULT_MODEL, Backbone, load_backbone, resolve_model
 from .outputs import OutputKind, prepare_output
-from .report import write_report
+from .report.schema import Report
 from .uq.point import PointHead
 
 
@@ -42,35 +40,22 @@ class EvalResult:
         return len(self.labels)
 
     def to_dict(self, command: str) -> dict:
-        import transformers
+        """The report (``report.json``) of this evaluation, ``command`` reproducing it."""
+        return self.to_report(command).to_dict()
 
-        return {
-            "task": self.task,
-            "split": self.split,
-            "n": self.n,
-            "model": self.model,
-            "metrics": self.metrics,
-            "prompt_version": self.prompt_version,
-            "label_words": self.label_words,
-            "settings": self.settings,
-            "timings": self.timings,
-            "command": command,
-            "versions": {
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "polar_vbll": _version(),
-            },
-        }
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("polar-vbll")
-    except PackageNotFoundError:
-        return "unknown"
+    def to_report(self, command: str) -> Report:
+        return Report(
+            task=self.task,
+            split=self.split,
+            n=self.n,
+            model=self.model,
+            metrics=self.metrics,
+            prompt_version=self.prompt_version,
+            label_words=self.label_words,
+            settings=self.settings,
+            timings=self.timings,
+            command=command,
+        )
 
 
 def predict_probs(
@@ -175,5 +160,5 @@ def evaluate(
         from .report import plots
 
         images = plots.calibration_plots(probs, labels, f"{spec.name} / {split} (zero-shot)", n_bins)
-        write_report(result.to_dict(command), out, images)
+        result.to_report(command).write(out, images)
     return result

@@ -232,6 +232,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     from ..atomic import atomic_write_text
     from ..outputs import OutputKind, claim, prepare_output
     from ..report import compare_runs
+    from ..report.schema import Report
     from ..stored import read_json
 
     reports = []
@@ -239,10 +240,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         path = Path(run) / "report.json"
         if not path.is_file():
             raise PolarVBLLError(f"{path}: not found (is {run} a run or report folder?)")
-        report = read_json(path, "report")
-        if not isinstance(report, dict) or not {"metrics", "task", "split", "n", "model"} <= set(report):
-            raise PolarVBLLError(f"{path}: not a polar-vbll report (needs metrics, task, split, n, model)")
-        reports.append(report)
+        reports.append(Report.from_dict(read_json(path, "report"), path).to_dict())
     if args.out:
         prepare_output(args.out, OutputKind.COMPARISON)
     table = compare_runs(reports, [Path(run).name for run in args.runs])

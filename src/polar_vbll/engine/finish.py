@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import platform
 import shlex
 import time
 from pathlib import Path
-
-import torch
 
 from ..adapters import adapter_diagnostics, count_trainable, save_adapter
 from ..config import FitConfig
@@ -15,7 +12,7 @@ from ..data import TaskSpec
 from ..models import Backbone
 from ..outputs import claim
 from ..posthoc import PostHocContext, run_post_hoc
-from ..report import write_report
+from ..report.schema import Report
 from ..uq import UQHead
 from .checkpoint import save_head
 from .inference import calibration_plots, evaluate_components
@@ -48,28 +45,25 @@ def finish_run(
     save_head(head, out / "head.safetensors")
     evaluation = evaluate_components(backbone, head, task, config, limit=config.eval_limit, progress=progress)
     report = _run_report(config, backbone, task, evaluation, out, command, trainable, total, train_s, start_step)
-    report["timings"]["post_hoc_s"] = post_hoc_s
-    report.update(reported)
-    report.update(extra or {})
-    write_report(report, out, calibration_plots(evaluation))
-    return FitResult(out, report, config, backbone, head, task)
+    report.timings["post_hoc_s"] = post_hoc_s
+    report.sections.update({**reported, **(extra or {})})
+    report.write(out, calibration_plots(evaluation))
+    return FitResult(out, report.to_dict(), config, backbone, head, task)
 
 
-def _run_report(config, backbone, task, evaluation, out, command, trainable, total, train_s, start_step) -> dict:
-    import transformers
-
+def _run_report(config, backbone, task, evaluation, out, command, trainable, total, train_s, start_step) -> Report:
     if command is None:
         command = shlex.join(["polar-vbll", "fit", "--config", str(out / "config.json"), "--out", str(out)])
-    return {
-        "task": evaluation["task"],
-        "split": evaluation["split"],
-        "n": evaluation["n"],
-        "model": backbone.describe(),
-        "method": {"adapter": config.adapter, "uq": config.uq, "optimizer": config.optimizer},
-        "metrics": evaluation["metrics"],
-        "prompt_version": task.template.id,
-        "label_words": task.label_words(),
-        "settings": {
+    return Report(
+        task=evaluation["task"],
+        split=evaluation["split"],
+        n=evaluation["n"],
+        model=backbone.describe(),
+        method={"adapter": config.adapter, "uq": config.uq, "optimizer": config.optimizer},
+        metrics=evaluation["metrics"],
+        prompt_version=task.template.id,
+        label_words=task.label_words(),
+        settings={
             "steps": config.steps,
             "batch_size": config.batch_size,
             "max_length": config.max_length,
@@ -77,13 +71,8 @@ def _run_report(config, backbone, task, evaluation, out, command, trainable, tot
             "total_parameters": total,
             "resumed_at_step": start_step,
         },
-        "diagnostics": adapter_diagnostics(backbone.model),
-        "timings": {"train_s": train_s, "eval_s": evaluation["eval_s"]},
-        "config": config.to_dict(),
-        "command": command,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
-    }
+        diagnostics=adapter_diagnostics(backbone.model),
+        timings={"train_s": train_s, "eval_s": evaluation["eval_s"]},
+        config=config.to_dict(),
+        command=command,
+    )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from ..data import get_task
 from ..errors import PolarVBLLError
 from ..metrics import ood_metrics
 from ..outputs import OutputKind, prepare_output
-from ..report import plots, write_report
+from ..report import plots
+from ..report.schema import Report
 from .inference import calibration_plots, evaluate_components
 from .runs import load_run
 
@@ -38,20 +40,22 @@ def evaluate_run(
     target.check_answers_like(run.task)
     target, items, n_total = target.seen_by_head(run.task.num_classes, split or config.eval_split, limit)
     evaluation = evaluate_components(run.backbone, run.head, target, config, split, progress=progress, items=items)
-    report = {
-        **{k: v for k, v in run.report.items() if k not in ("metrics", "timings", "ood")},
-        "task": evaluation["task"],
-        "split": evaluation["split"],
-        "n": evaluation["n"],
-        "metrics": evaluation["metrics"],
-        "trained_on": run.task.name,
-        "n_total": n_total,
-        "timings": {"eval_s": evaluation["eval_s"]},
-        "command": command or f"polar-vbll evaluate {run_dir} --task {target.name}",
-    }
+    recorded = Report.from_dict(run.report, Path(run_dir) / "report.json")
+    sections = {k: v for k, v in recorded.sections.items() if not k.startswith("ood")}
+    report = replace(
+        recorded,
+        task=evaluation["task"],
+        split=evaluation["split"],
+        n=evaluation["n"],
+        metrics=evaluation["metrics"],
+        timings={"eval_s": evaluation["eval_s"]},
+        command=command or f"polar-vbll evaluate {run_dir} --task {target.name}",
+        sections={**sections, "trained_on": run.task.name, "n_total": n_total},
+    )
     images = calibration_plots(evaluation)
     if ood:
-        report["ood"], ood_scores = {}, {}
+        detected: dict[str, dict] = {}
+        ood_scores = {}
         for name in ood:
             spec = get_task(name, config.template)
             spec.check_answers_like(run.task)
@@ -63,7 +67,7 @@ def evaluate_run(
             )
             detection = {c: ood_metrics(evaluation["scores"][c], shifted["scores"][c]) for c in evaluation["scores"]}
             best = max(detection, key=lambda c: detection[c]["ood/auroc"])
-            report["ood"][spec.name] = {
+            detected[spec.name] = {
                 "split": spec.eval_split,
                 "n": len(kept),
                 "n_total": total,
@@ -72,14 +76,13 @@ def evaluate_run(
                 "best_criterion": best,
             }
             ood_scores[spec.name] = shifted["scores"]
-        report["ood_note"] = (
+        best = max(evaluation["scores"], key=lambda c: sum(e["detection"][c]["ood/auroc"] for e in detected.values()))
+        report.sections["ood"] = detected
+        report.sections["ood_note"] = (
             f"Items with more than {run.task.num_classes} choices are dropped from tasks with more "
             "classes (kept / total above); the remaining ones keep probability 0 on absent letters."
         )
-        best = max(
-            evaluation["scores"], key=lambda c: sum(e["detection"][c]["ood/auroc"] for e in report["ood"].values())
-        )
-        report["ood_best_criterion"] = best
+        report.sections["ood_best_criterion"] = best
         images["ood_hist"] = plots.score_histograms(
             evaluation["scores"][best], {n: sc[best] for n, sc in ood_scores.items()}, best
         )
@@ -87,5 +90,5 @@ def evaluate_run(
             evaluation["scores"][best], {n: sc[best] for n, sc in ood_scores.items()}, best
         )
     if out is not None:
-        write_report(report, out, images)
-    return report
+        report.write(out, images)
+    return report.to_dict()

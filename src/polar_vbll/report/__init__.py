@@ -2,8 +2,11 @@
 
 from .plots import reliability_diagrams, risk_coverage_curves, roc_curves, score_histograms
 from .report import compare_runs, render_html, render_markdown, write_report
+from .schema import Report, package_versions
 
 __all__ = [
+    "Report",
+    "package_versions",
     "compare_runs",
     "reliability_diagrams",
     "render_html",

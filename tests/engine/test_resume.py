@@ -116,3 +116,19 @@ def test_resume_keeps_what_a_user_added_and_reads_an_old_run(tiny_dir, task_dir,
     fit(config(tiny_dir, task_dir, steps=2, seed=1), tmp_path / "run", overwrite=True, progress=False)
     assert (tmp_path / "run" / "notes.md").read_text() == "mine"
     assert json.loads((tmp_path / "run" / "config.json").read_text())["seed"] == 1
+
+
+def test_a_run_folder_written_by_0_1_0_loads_and_evaluates(tiny_dir, task_dir, tmp_path):  # noqa: F811
+    """Before this version: no marker, no lr_restarts in config.json, versions without polar_vbll."""
+    from polar_vbll.engine import evaluate_run, load_run
+
+    result = fit(config(tiny_dir, task_dir, steps=2), tmp_path / "old", progress=False)
+    (tmp_path / "old" / ".polar-vbll.json").unlink()
+    saved = json.loads((tmp_path / "old" / "config.json").read_text())
+    del saved["lr_restarts"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+    report = json.loads((tmp_path / "old" / "report.json").read_text())
+    report["versions"].pop("polar_vbll")
+    (tmp_path / "old" / "report.json").write_text(json.dumps(report))
+    assert load_run(tmp_path / "old").config.lr_restarts == []
+    assert evaluate_run(tmp_path / "old", progress=False)["metrics"] == result.report["metrics"]

@@ -72,3 +72,17 @@ def test_every_fit_option_has_a_working_flag():
     assert config.blob_samples == 0 and config.ensemble_size == 2 and config.calibration_size == 4
     assert config.target_modules == ["o_proj", "down_proj"] and config.lisa_train_embeddings is False
     assert config.adapter_options()["head_ratio"] == 0.5
+
+
+def test_flags_are_parsed_by_the_fields_annotations():
+    import argparse
+    from typing import Literal
+
+    from polar_vbll.cli.flags import flag_options
+
+    assert flag_options(bool | None) == {"action": argparse.BooleanOptionalAction}
+    assert flag_options(list[int]) == {"nargs": "+", "type": int}
+    assert flag_options(list[str] | None) == {"nargs": "+", "type": str}
+    assert flag_options(Literal["ipm", "kpm"]) == {"type": str, "choices": ["ipm", "kpm"]}
+    assert flag_options(Literal["geoopt", "landing", "adamw"] | None)["choices"] == ["geoopt", "landing", "adamw"]
+    assert flag_options(float | None) == {"type": float} and flag_options(int) == {"type": int}

@@ -33,9 +33,9 @@ class ConfigFieldError(PolarVBLLError):
 _HINTS: dict[type, dict[str, Any]] = {}
 
 
-def _hints(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
     """The resolved annotations of a dataclass, computed once per class."""
-    if cls not in _HINTS:
+    if cls not in _HINTS:  # resolved once per class
         _HINTS[cls] = typing.get_type_hints(cls)
     return _HINTS[cls]
 
@@ -94,7 +94,7 @@ def conform(value: Any, hint: Any) -> tuple[bool, Any]:
 def check_types(obj: Any) -> None:
     """Check every field of the dataclass instance ``obj`` against its annotation, storing conformed values."""
     owner = type(obj).__name__
-    hints = _hints(type(obj))
+    hints = field_types(type(obj))
     for f in fields(obj):
         value = getattr(obj, f.name)
         ok, converted = conform(value, hints[f.name])

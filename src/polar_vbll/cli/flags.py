@@ -3,26 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import types
+import typing
+from dataclasses import MISSING, fields
+from typing import Any
 
+from ..fields import field_types
 from .commands import cmd_fit
 
-_NONE_DEFAULT_TYPES = {
-    "template": str,
-    "optimizer": str,
-    "weight_decay": float,
-    "train_limit": int,
-    "eval_split": str,
-    "eval_limit": int,
-    "corda_task": str,
-    "dropout": float,
-}
-_NONE_DEFAULT_BOOLS = ("alternate", "temperature_scaling", "calibration_holdout")
+
+def flag_options(hint: Any) -> dict[str, Any]:
+    """argparse options for a field annotated ``hint``: a boolean is ``--x/--no-x``, a list takes one or more values,
+    a ``Literal`` offers its choices, ``X | None`` parses as X (None stays "not given")."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        lists = [a for a in args if typing.get_origin(a) is list]
+        hint = lists[0] if lists else args[0]  # list[str] | str (target_modules): the list form on the command line
+        args = list(typing.get_args(hint))
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is list:
+        return {"nargs": "+", **flag_options(args[0])}
+    if origin is typing.Literal:
+        return {"type": type(args[0]), "choices": list(args)}
+    return {"type": hint}
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str = "", skip: tuple = ()) -> None:
-    """One flag per dataclass field, typed by its default, with the field's help text; defaults stay None."""
-    from dataclasses import MISSING, fields
-
+    """One flag per dataclass field, parsed by the field's type, with its help text; defaults stay None (not given)."""
+    hints = field_types(cls)
     for f in fields(cls):
         if f.name in skip:
             continue
@@ -30,14 +40,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str = "", 
         flag = "--" + (prefix + f.name).replace("_", "-")
         helptext = f.metadata.get("help", "") + (f" (default {default})" if default is not None else "")
         dest = (prefix + f.name).replace("-", "_")
-        if isinstance(default, bool) or f.name in _NONE_DEFAULT_BOOLS:
-            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=helptext)
-        elif isinstance(default, list) or f.name == "target_modules":
-            kind = int if f.name == "lr_restarts" else str
-            parser.add_argument(flag, dest=dest, nargs="+", type=kind, default=None, help=helptext)
-        else:
-            parse = _NONE_DEFAULT_TYPES.get(f.name, type(default))
-            parser.add_argument(flag, dest=dest, type=parse, default=None, help=helptext)
+        parser.add_argument(flag, dest=dest, default=None, help=helptext, **flag_options(hints[f.name]))
 
 
 def add_fit_parser(sub) -> None:

@@ -26,3 +26,9 @@ class LabelTokenError(PolarVBLLError):
 
 class CacheError(PolarVBLLError):
     """A model cache folder that is missing, partial or corrupt."""
+
+
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message (at most 200 characters), for a one-line error that quotes it;
+    ``default`` (or the exception's type name) when the message is empty."""
+    return (str(exc).strip().splitlines() or [default or type(exc).__name__])[0][:200]

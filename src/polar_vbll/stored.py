@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from .errors import PolarVBLLError
+from .errors import PolarVBLLError, first_line
 
 
 def load_tensors(path: str | Path, what: str = "file") -> dict[str, torch.Tensor]:
@@ -25,7 +25,7 @@ def load_tensors(path: str | Path, what: str = "file") -> dict[str, torch.Tensor
     except FileNotFoundError:
         raise PolarVBLLError(f"{path}: {what} missing") from None
     except (SafetensorError, OSError, ValueError) as exc:
-        raise PolarVBLLError(f"{path}: unreadable {what}, truncated or corrupt ({_first_line(exc)})") from None
+        raise PolarVBLLError(f"{path}: unreadable {what}, truncated or corrupt ({first_line(exc)})") from None
 
 
 def tensor_metadata(path: str | Path, what: str = "file") -> dict[str, str]:
@@ -37,7 +37,7 @@ def tensor_metadata(path: str | Path, what: str = "file") -> dict[str, str]:
     except FileNotFoundError:
         raise PolarVBLLError(f"{path}: {what} missing") from None
     except (SafetensorError, OSError, ValueError) as exc:
-        raise PolarVBLLError(f"{path}: unreadable {what}, truncated or corrupt ({_first_line(exc)})") from None
+        raise PolarVBLLError(f"{path}: unreadable {what}, truncated or corrupt ({first_line(exc)})") from None
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:
@@ -53,7 +53,3 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise PolarVBLLError(f"{path}:{exc.lineno}: malformed JSON in {what} ({exc.msg})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

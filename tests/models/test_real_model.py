@@ -12,7 +12,7 @@ from polar_vbll import evaluate, get_task, list_tasks, load_backbone
 from polar_vbll.cli import main
 from polar_vbll.data import collate, encode_items, label_token_ids
 from polar_vbll.models import cache
-from polar_vbll.models.backbone import prepare_gguf
+from polar_vbll.models.sources import prepare_gguf
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import sys
 import traceback
 
 from ..data.encoding import DEFAULT_MAX_LENGTH
-from ..errors import PolarVBLLError
+from ..errors import PolarVBLLError, first_line
 from .commands import (
     cmd_data_list,
     cmd_data_show,
@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line and how to see more
         if os.environ.get("POLAR_VBLL_DEBUG"):
             traceback.print_exc()
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        return _fail(f"internal error {type(exc).__name__}: {first} (POLAR_VBLL_DEBUG=1 shows the traceback)", 1)
+        detail = f"{type(exc).__name__}: {first_line(exc, 'no message')}"
+        return _fail(f"internal error {detail} (POLAR_VBLL_DEBUG=1 shows the traceback)", 1)
     return 0
 
 

@@ -68,8 +68,8 @@ def load(run: str):
         backbone, task, head = build_components(config)
         return backbone, head, task, None, config.max_length
     result = load_run(run)
-    if result.config.uq != "vbll":
-        raise SystemExit(f"{run}: uq is {result.config.uq!r}, not vbll")
+    if result.config.uq.method != "vbll":
+        raise SystemExit(f"{run}: uq is {result.config.uq.method!r}, not vbll")
     return result.backbone, result.head, result.task, result.config.template, result.config.max_length
 
 

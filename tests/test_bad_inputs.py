@@ -249,7 +249,7 @@ CASES = [
     Case(
         "toml-unknown-vbll-option",
         lambda e: ["fit", "--config", str(e.write("c.toml", "[vbll]\ncovarianse = 1\n")), "--out", "x"],
-        r"c.toml:2: unknown option\(s\) covarianse for FitConfig.vbll",
+        r"c.toml:2: unknown option\(s\) covarianse for FitConfig.uq",
     ),
     Case("config-file-missing", lambda e: ["fit", "--config", "nope.toml"], r"nope.toml: config file not found"),
     Case("train-limit-zero", lambda e: e.fit_args("--train-limit", "0"), r"--train-limit: must be >= 1"),

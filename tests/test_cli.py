@@ -58,20 +58,77 @@ def test_unknown_task(capsys):
 def test_every_fit_option_has_a_working_flag():
     from dataclasses import fields
 
+    from polar_vbll.adapters import ADAPTERS
     from polar_vbll.cli import build_parser
+    from polar_vbll.cli.commands import fit_options
     from polar_vbll.config import FitConfig
+    from polar_vbll.uq import UQ_METHODS
 
-    args = build_parser().parse_args(
-        "fit --adapter s2ft --uq temperature --temperature-scaling --dropout 0.2 --la-subset last_layer "
-        "--blob-samples 0 --ensemble-size 2 --mc-samples 3 --calibration-size 4 --s2ft-head-ratio 0.5 "
-        "--corda-task boolq --target-modules o_proj down_proj --no-lisa-train-embeddings".split()
+    parser = build_parser()
+    fit_parser = parser._subparsers._group_actions[0].choices["fit"]
+    flags = {flag for action in fit_parser._actions for flag in action.option_strings}
+    for f in fields(FitConfig):  # every option, and every option of every registered method, has a flag
+        assert "--" + f.name.replace("_", "-") in flags, f.name
+    top_level = {f.name for f in fields(FitConfig)}  # seed: the adapter's is the run's
+    for registry, shared in ((ADAPTERS, {"r", "alpha", "target_modules", "dropout"}), (UQ_METHODS, set())):
+        for method in registry:
+            for f in fields(registry.get(method).config):
+                if f.name in top_level:
+                    continue
+                flag = f.name if f.name in shared else f"{method}_{f.name}"
+                assert "--" + flag.replace("_", "-") in flags, (method, f.name)
+
+    def config(line: str) -> FitConfig:
+        return FitConfig.from_dict(fit_options(parser.parse_args(["fit", *line.split()])))
+
+    cfg = config(
+        "--adapter s2ft --uq temperature --dropout 0.2 --calibration-size 4 --s2ft-head-ratio 0.5 "
+        "--target-modules o_proj down_proj --steps 7"
     )
-    options = {f.name: getattr(args, f.name) for f in fields(FitConfig) if f.name != "vbll"}
-    config = FitConfig(**{k: v for k, v in options.items() if v is not None})
-    assert config.temperature_scaling is True and config.dropout == 0.2 and config.la_subset == "last_layer"
-    assert config.blob_samples == 0 and config.ensemble_size == 2 and config.calibration_size == 4
-    assert config.target_modules == ["o_proj", "down_proj"] and config.lisa_train_embeddings is False
-    assert config.adapter_options()["head_ratio"] == 0.5
+    assert cfg.adapter.to_dict() == {
+        "method": "s2ft",
+        "target_modules": ["o_proj", "down_proj"],
+        "dropout": 0.2,
+        "head_ratio": 0.5,
+        "channel_ratio": 0.01,
+        "selection": "random",
+        "seed": 0,
+    }
+    assert cfg.uq.method == "temperature" and cfg.post_hoc == ["temperature"] and cfg.calibration_size == 4
+    assert cfg.steps == 7
+    assert config("--adapter lisa --no-lisa-train-embeddings").adapter.train_embeddings is False
+    assert config("--adapter dora --uq ensemble --ensemble-size 2").uq.size == 2
+    # today's spellings of options that moved into a method's table
+    assert config("--uq laplace --la-subset last_layer").uq.subset == "last_layer"
+    assert config("--uq mc_dropout --mc-samples 3").uq.samples == 3
+    assert config("--uq mc_dropout --mc-dropout-samples 4").uq.samples == 4
+    assert config("--theta diagonal").adapter.theta == "diagonal"
+    assert config("--adapter corda --corda-task boolq").adapter.covariance_task == "boolq"
+    assert config("--uq blob --blob-samples 0").uq.samples == 0
+    assert config("--vbll-prior-scale 2 --laplace").uq.prior_scale == 2.0
+    assert config("--laplace --temperature-scaling --calibration-holdout").post_hoc == [
+        "last_layer_laplace",
+        "temperature",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("--adapter lora --pissa-niter 2", "--pissa-niter: not an option of adapter 'lora'"),
+        ("--uq map --ensemble-size 4", "--ensemble-size: not an option of uq 'map'"),
+        ("--uq mc_dropout --mc-samples 0", "--mc-dropout-samples: must be >= 1, got 0"),  # its name today
+        ("--adapter s2ft --s2ft-head-ratio 0", r"S2FTConfig.head_ratio must lie in \(0, 1\]"),
+        ("--uq map --laplace", "--post-hoc: uq 'map' takes the post-hoc steps temperature, not last_layer_laplace"),
+        ("--post-hoc temperature laplace_lora", "uq 'vbll' takes .*, not laplace_lora"),
+        ("--post-hoc nope", "not nope"),
+        ("--uq laplace --post-hoc temperature laplace_lora", r"temperature\) must come last"),
+    ],
+)
+def test_a_flag_of_another_method_or_out_of_range_is_one_line(capsys, line, message):
+    assert main(["fit", "--out", "never-written", *line.split()]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err), err
 
 
 def test_flags_are_parsed_by_the_fields_annotations():

@@ -5,48 +5,49 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .adapters.base import ADAPTERS, check_capabilities, make_config
+from .adapters.base import ADAPTERS, check_capabilities
+from .adapters.polar import PolarConfig
 from .data.encoding import DEFAULT_MAX_LENGTH
 from .errors import PolarVBLLError
-from .fields import ConfigFieldError, check_types, from_mapping
+from .fields import ConfigFieldError, MethodConfig, check_types, from_mapping
 from .fields import help_field as _help
+from .flat_options import nest_flat_options
+from .registry import Registry
 from .uq import UQ_METHODS, VBLLConfig
 
 
 @dataclass
 class FitConfig:
-    """A fine-tuning run: backbone + adapter + uncertainty head on one task."""
+    """A fine-tuning run: backbone + adapter + uncertainty head on one task.
+
+    ``adapter`` and ``uq`` hold the chosen methods' own options (a :class:`~polar_vbll.fields.MethodConfig` each:
+    ``PolarConfig(r=8)``, ``VBLLConfig(prior_scale=1.0)``); a name (``"lora"``) or a table
+    (``{"method": "lora", "r": 4}``) is turned into one. Flat spellings (``r=4``, ``mc_samples=20``) are accepted
+    by :meth:`from_dict` (see :mod:`polar_vbll.flat_options`).
+    """
 
     model: str = _help("embedded model name, Hugging Face id or local folder", "smollm2-135m")
     task: str = _help("task name (polar-vbll data list) or path to a JSONL file/folder", "sst2")
     template: str | None = _help("prompt template (default: the task's)", None)
-    adapter: str = _help("adapter method: polar, lora, dora, pissa, corda, s2ft, lisa", "polar")
-    uq: str = _help("uncertainty method: vbll, map, mle, mc_dropout, ensemble, laplace, blob, temperature", "vbll")
+    adapter: MethodConfig = _help(
+        "adapter method (polar, lora, dora, pissa, corda, s2ft, lisa) and its options", default_factory=PolarConfig
+    )
+    uq: MethodConfig = _help(
+        "uncertainty method (vbll, map, mle, mc_dropout, ensemble, laplace, blob, temperature) and its options",
+        default_factory=VBLLConfig,
+    )
+    post_hoc: list[str] | None = _help(
+        "post-hoc steps after training, in order: last_layer_laplace (VBLL), laplace_lora, temperature "
+        "(default: the uncertainty method's own, e.g. temperature for uq=temperature)",
+        None,
+    )
     optimizer: Literal["geoopt", "landing", "adamw"] | None = _help(
         "adapter optimizer (default: geoopt for polar, adamw otherwise)", None
     )
-    r: int = _help("adapter rank", 8)
-    alpha: float = _help("adapter scale numerator (ΔW × alpha / r)", 16.0)
-    target_modules: list[str] | None = _help(
-        "Linear modules that get adapters (default: the method's; q_proj v_proj for low-rank methods)", None
-    )
-    theta: Literal["full", "diagonal"] = _help("PoLAR's Θ: full r×r or diagonal", "full")
-    pissa_niter: int = _help("PiSSA: 0 = full SVD, k > 0 = randomized SVD with k subspace iterations", 0)
-    corda_mode: Literal["ipm", "kpm"] = _help("CorDA: ipm trains the top-r components of W·C, kpm the bottom-r", "ipm")
-    corda_samples: int = _help("CorDA: training examples whose layer inputs form the covariance C", 256)
-    corda_task: str | None = _help("CorDA: task whose inputs form C (default: the training task)", None)
-    s2ft_head_ratio: float = _help("S2FT: fraction of attention heads trained per block", 0.1)
-    s2ft_channel_ratio: float = _help("S2FT: fraction of FFN channels trained per block", 0.01)
-    s2ft_selection: Literal["random", "weight_norm"] = _help(
-        "S2FT: random (seeded) or largest-norm selection", "random"
-    )
-    lisa_layers: int = _help("LISA: decoder layers unfrozen at a time (γ)", 2)
-    lisa_interval: int = _help("LISA: steps between draws of the active layers (K)", 10)
-    lisa_train_embeddings: bool = _help("LISA: always train the input embeddings and final norm", True)
     landing_lambda: float = _help("pull-back weight λ of the landing optimizer", 1.0)
     steps: int = _help("optimizer steps (each consumes one batch)", 200)
     batch_size: int = _help("examples per step", 16)
@@ -71,55 +72,47 @@ class FitConfig:
     eval_batch_size: int = _help("examples per evaluation batch", 32)
     checkpoint_every: int = _help("write a resumable checkpoint every K steps (0 = only at the end)", 50)
     log_every: int = _help("compute adapter diagnostics every K steps", 25)
-    laplace: bool = _help("after training, refine the VBLL covariance by a last-layer Laplace approximation", False)
     laplace_samples: int = _help("training examples (seeded random subset) for a Laplace Hessian (VBLL or LA)", 512)
-    dropout: float | None = _help("adapter input dropout (default: the method's, 0.1 for mc_dropout, else 0)", None)
-    mc_samples: int = _help("backbone passes per prediction of MC dropout", 10)
-    ensemble_size: int = _help("adapters (and heads) of a deep ensemble, on one shared base", 3)
-    blob_samples: int = _help("BLoB: backbone passes per prediction (0 = the posterior mean only)", 10)
-    la_subset: Literal["adapter", "last_layer"] = _help(
-        "Laplace-LoRA: K-FAC over the adapter and head weights, or the head only", "adapter"
-    )
-    temperature_scaling: bool | None = _help(
-        "after training, fit a temperature on held-out training examples (default: on for uq=temperature)", None
-    )
     calibration_size: int = _help("training examples held out of training for the temperature (when fitted)", 256)
     calibration_holdout: bool | None = _help(
         "hold calibration_size training examples out of training (default: with temperature scaling); set it on "
         "every run of a comparison so all train on the same data and any run can be refined by a temperature later",
         None,
     )
-    vbll: VBLLConfig = _help("options of the VBLL head", default_factory=VBLLConfig)
 
     def __post_init__(self):
-        if isinstance(self.vbll, dict):
-            self.vbll = from_mapping(VBLLConfig, self.vbll, "FitConfig.vbll")
+        self.uq = _method_config(UQ_METHODS, self.uq, "uq", self)
+        self.adapter = _method_config(ADAPTERS, self.adapter, "adapter", self)
         check_types(self)
-        method = UQ_METHODS.get(self.uq)
-        if self.temperature_scaling is None:
-            self.temperature_scaling = method.post_hoc_temperature
+        method = UQ_METHODS.get(self.uq.method)
+        adapter = ADAPTERS.get(self.adapter.method)
+        self.post_hoc = _post_hoc_steps(self.post_hoc, method.post_hoc, self.uq.method)
+        foreign = [step for step in self.post_hoc if step not in (*method.post_hoc, *method.supports)]
+        if foreign:
+            raise ConfigFieldError(
+                "FitConfig",
+                "post_hoc",
+                f"uq {self.uq.method!r} takes the post-hoc steps {', '.join((*method.post_hoc, *method.supports))}, "
+                f"not {', '.join(foreign)} (last_layer_laplace refines VBLL's posterior; MAP + Laplace is uq laplace)",
+            )
         if self.calibration_holdout is None:
-            self.calibration_holdout = self.temperature_scaling
-        if self.temperature_scaling and not self.calibration_holdout:
-            raise PolarVBLLError("FitConfig.temperature_scaling needs calibration_holdout (held-out examples for T)")
-        if self.dropout is None:
-            self.dropout = method.adapter_dropout
-        for name in ("mc_samples", "calibration_size", "ensemble_size"):
-            if getattr(self, name) < 1:
-                raise ConfigFieldError("FitConfig", name, f"must be >= 1, got {getattr(self, name)}")
-        if self.blob_samples < 0:
-            raise ConfigFieldError("FitConfig", "blob_samples", f"must be >= 0, got {self.blob_samples}")
-        adapter = ADAPTERS.get(self.adapter)
+            self.calibration_holdout = "temperature" in self.post_hoc
+        if "temperature" in self.post_hoc and not self.calibration_holdout:
+            raise PolarVBLLError("FitConfig.post_hoc: temperature needs calibration_holdout (held-out examples for T)")
+        if getattr(self.adapter, "dropout", 0.0) is None:  # unset: the uncertainty method's
+            self.adapter = replace(self.adapter, dropout=method.adapter_dropout)
+        if method.adapter_dropout > 0 and getattr(self.adapter, "dropout", None) == 0:
+            raise ConfigFieldError("FitConfig", "adapter.dropout", f"uq {self.uq.method!r} needs dropout > 0, got 0")
         if self.optimizer is None:
             self.optimizer = adapter.default_optimizer
         if adapter.riemannian and self.optimizer == "adamw":
             raise PolarVBLLError(
-                f"FitConfig.optimizer: {self.adapter} needs geoopt or landing (adamw ignores the manifold)"
+                f"FitConfig.optimizer: {self.adapter.method} needs geoopt or landing (adamw ignores the manifold)"
             )
-        check_capabilities(self.adapter, method.requires(self), f"uq '{self.uq}'")
+        check_capabilities(self.adapter.method, method.requires(self.uq), f"uq '{self.uq.method}'")
         if self.alternate is None:
             self.alternate = method.alternates
-        for name in ("steps", "batch_size", "max_length", "eval_batch_size", "r", "laplace_samples"):
+        for name in ("steps", "batch_size", "max_length", "eval_batch_size", "laplace_samples", "calibration_size"):
             if getattr(self, name) < 1:
                 raise ConfigFieldError("FitConfig", name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("train_limit", "eval_limit"):
@@ -127,14 +120,12 @@ class FitConfig:
                 raise ConfigFieldError(
                     "FitConfig", name, f"must be >= 1 (leave it unset for all), got {getattr(self, name)}"
                 )
-        for name in ("lr_adapter", "lr_head", "alpha"):
+        for name in ("lr_adapter", "lr_head"):
             if not getattr(self, name) > 0:
                 raise ConfigFieldError("FitConfig", name, f"must be > 0, got {getattr(self, name)}")
         for name in ("weight_decay", "grad_clip", "checkpoint_every", "log_every", "landing_lambda"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigFieldError("FitConfig", name, f"must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigFieldError("FitConfig", "dropout", f"must lie in [0, 1), got {self.dropout}")
         if self.lr_restarts != sorted(set(self.lr_restarts)) or not all(0 < s < self.steps for s in self.lr_restarts):
             raise ConfigFieldError(
                 "FitConfig",
@@ -145,34 +136,12 @@ class FitConfig:
             self.head_steps < 0 or self.adapter_steps < 0 or self.head_steps + self.adapter_steps < 1
         ):
             raise PolarVBLLError("FitConfig.head_steps and adapter_steps must be >= 0 with a positive sum")
-        if self.laplace and not method.last_layer_laplace:
-            raise PolarVBLLError(
-                f"FitConfig.laplace refines the VBLL head's posterior; uq {self.uq!r} has none (MAP: --uq laplace)"
-            )
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigFieldError("FitConfig", "warmup_ratio", f"must lie in [0, 1), got {self.warmup_ratio}")
-        make_config(self.adapter, **self.adapter_options())  # validates the adapter's options now
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def post_hoc(self) -> list[str]:
-        """The post-hoc steps this run runs after training, in order (:data:`polar_vbll.posthoc.POST_HOC`)."""
-        steps = ["last_layer_laplace"] * self.laplace
-        steps += ["laplace_lora"] * UQ_METHODS.get(self.uq).post_hoc_laplace
-        return steps + ["temperature"] * bool(self.temperature_scaling)
-
-    def adapter_options(self) -> dict[str, Any]:
-        """Options of the adapter's config: shared fields (r, alpha, ...) by name, the method's own from
-        ``<method>_<field>``, the seed from ``seed``; unset ``target_modules`` keeps the method's default."""
-        own = {f.name for f in fields(self)}
-        options = {}
-        for f in fields(ADAPTERS.get(self.adapter).config):
-            for source in (f.name, f"{self.adapter}_{f.name}"):  # dropout: set from the uq method when unset
-                if source in own and getattr(self, source) is not None:
-                    options[f.name] = getattr(self, source)
-                    break
-        return options
+        """A JSON-ready dict; ``adapter`` and ``uq`` are tables that carry their ``method``."""
+        return {**asdict(self), "adapter": self.adapter.to_dict(), "uq": self.uq.to_dict()}
 
     @classmethod
     def help(cls) -> dict[str, str]:
@@ -203,6 +172,11 @@ class FitConfig:
     def from_dict(cls, data, source: str | Path | None = None) -> FitConfig:
         """A config from a mapping read from the file ``source``; errors name the file and the field's line."""
         try:
+            if isinstance(data, dict):
+                top_level = {f.name for f in fields(cls)}
+                default = cls()  # the default methods
+                sections = {"adapter": (ADAPTERS, default.adapter.method), "uq": (UQ_METHODS, default.uq.method)}
+                data = nest_flat_options(data, top_level, sections)
             return from_mapping(cls, data, "FitConfig")
         except PolarVBLLError as exc:
             if source is None:
@@ -230,7 +204,12 @@ class FitConfig:
             raise PolarVBLLError(f"{path}: malformed TOML ({exc})") from None
         if not isinstance(data, dict):
             raise PolarVBLLError(f"{path}: expected a JSON object of options, got {type(data).__name__}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        for section in ("adapter", "uq"):  # --adapter lora keeps the file's [adapter] table when it is lora's
+            table = data.get(section)
+            if isinstance(table, dict) and overrides.get(section) == table.get("method"):
+                del overrides[section]
+        data.update(overrides)
         return cls.from_dict(data, path)
 
 
@@ -246,3 +225,41 @@ def _line_of(text: str, name: str) -> str:
         if pattern.search(line):
             return f":{number}"
     return ""
+
+
+def _method_config(registry: Registry, value: Any, section: str, fit: FitConfig) -> MethodConfig:
+    """The method config of ``value`` (a name, a table with ``method``, or a config of a registered method).
+
+    A name or a table leaves unset fields to the method's defaults, except a field FitConfig also has (``seed``),
+    which is the run's.
+    """
+    if isinstance(value, MethodConfig):
+        expected = registry.get(value.method).config
+        if type(value) is not expected:
+            raise PolarVBLLError(f"FitConfig.{section}: {type(value).__name__} is not the config of {value.method!r}")
+        return value
+    table = {"method": value} if isinstance(value, str) else value
+    if not isinstance(table, dict) or not isinstance(table.get("method"), str):
+        raise ConfigFieldError(
+            "FitConfig", section, f"expected a method name or a table with method = <name>, got {value!r:.80}"
+        )
+    options = {k: v for k, v in table.items() if k != "method"}
+    cls = registry.get(table["method"]).config
+    names = {f.name for f in fields(cls)}
+    for f in fields(fit):
+        if f.name in names and f.name not in options:
+            options[f.name] = getattr(fit, f.name)
+    options = {k: v for k, v in options.items() if v is not None or k not in names}
+    config = from_mapping(cls, options, f"FitConfig.{section}")
+    check_types(config, f"FitConfig.{section}")
+    return config
+
+
+def _post_hoc_steps(given: list[str] | None, implied: tuple[str, ...], uq: str) -> list[str]:
+    """The post-hoc steps to run: the method's own (``implied``: ``uq laplace`` is MAP then ``laplace_lora``) first,
+    then those ``given``, each once."""
+    given = list(given or [])
+    steps = [step for step in implied if step not in given] + given
+    if len(set(steps)) != len(steps):
+        raise ConfigFieldError("FitConfig", "post_hoc", f"lists a step twice: {steps}")
+    return steps

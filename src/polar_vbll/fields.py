@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import MISSING, field, fields
-from typing import Any, Literal
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from typing import Any, ClassVar, Literal
 
 from .errors import PolarVBLLError
 
@@ -26,7 +26,7 @@ class ConfigFieldError(PolarVBLLError):
     """A config value of the wrong type or out of range; ``field`` names it (dotted for nested configs)."""
 
     def __init__(self, owner: str, name: str, message: str, *, qualified: bool = True):
-        self.field, self.detail = name, message
+        self.owner, self.field, self.detail = owner, name, message
         super().__init__(f"{owner}.{name}: {message}" if qualified else message)
 
 
@@ -91,9 +91,9 @@ def conform(value: Any, hint: Any) -> tuple[bool, Any]:
     return True, value
 
 
-def check_types(obj: Any) -> None:
+def check_types(obj: Any, owner: str | None = None) -> None:
     """Check every field of the dataclass instance ``obj`` against its annotation, storing conformed values."""
-    owner = type(obj).__name__
+    owner = owner or type(obj).__name__
     hints = field_types(type(obj))
     for f in fields(obj):
         value = getattr(obj, f.name)
@@ -108,10 +108,40 @@ def from_mapping(cls: type, data: Any, owner: str | None = None):
     owner = owner or cls.__name__
     if not isinstance(data, dict):
         raise PolarVBLLError(f"{owner}: expected a table of options, got {type(data).__name__}")
+    data = dict(data)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigFieldError(
             owner, unknown[0], f"unknown option(s) {', '.join(unknown)} for {owner}", qualified=False
         )
+    hints = field_types(cls)
+    for name, value in data.items():  # types first: a config's own range checks then see the right types
+        hint = hints[name]
+        if not (isinstance(hint, type) and is_dataclass(hint)):  # a nested config: its table is checked there
+            ok, data[name] = conform(value, hint)
+            if not ok:
+                raise ConfigFieldError(owner, name, f"expected {describe_type(hint)}, got {value!r:.80}")
     return cls(**data)
+
+
+@dataclass
+class MethodConfig:
+    """The options of one registered method (an adapter, an uncertainty method): its ``method`` name (a class
+    attribute, so each config class belongs to one method), a dict form that carries the name, and help texts."""
+
+    method: ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, **asdict(self)}
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+    def require_at_least(self, low: int, *names: str) -> None:
+        """Refuse an integer field of ``names`` below ``low`` (other types are refused by the type check)."""
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < low:
+                raise ConfigFieldError(type(self).__name__, name, f"must be >= {low}, got {value}")

@@ -59,7 +59,8 @@ def test_every_uncertainty_method_is_covered():
 
 @pytest.mark.parametrize("uq", TRAINS)
 def test_a_method_defined_here_trains_with_every_method_it_meets(uq, tiny_dir, task_dir, tmp_path):  # noqa: F811
-    options = dict(adapter="test_outer", uq=uq, steps=3, ensemble_size=2, mc_samples=2, calibration_size=6)
+    cheap = {"ensemble": {"size": 2}, "mc_dropout": {"samples": 2}}.get(uq, {})
+    options = dict(adapter="test_outer", uq={"method": uq, **cheap}, steps=3, calibration_size=6)
     result = fit(config(tiny_dir, task_dir, **options), tmp_path / "run", progress=False)
     assert result.report["method"]["adapter"] == "test_outer"
     assert evaluate_run(tmp_path / "run", progress=False)["metrics"] == result.report["metrics"]

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from polar_vbll.adapters import adapter_state_dict
+from polar_vbll.adapters import DoraConfig, LoraConfig, adapter_state_dict
 from polar_vbll.cli import main
 from polar_vbll.engine import FitConfig, evaluate_run, fit, load_run
 from polar_vbll.engine.schedule import batch_indices, warmup_linear
@@ -44,7 +44,7 @@ def config(tiny_dir, task_dir, **options):
         lr_adapter=1e-2,
         lr_head=1e-2,
     )
-    return FitConfig(**{**base, **options})
+    return FitConfig.from_dict({**base, **options})
 
 
 def log_lines(run):
@@ -141,7 +141,7 @@ def test_cli_fit_and_evaluate(tiny_dir, task_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "polar-vbll on" in out and "cal/ece" in out
     saved = json.loads((tmp_path / "cli" / "config.json").read_text())
-    assert saved["vbll"]["covariance"] == "diagonal" and saved["steps"] == 2
+    assert saved["uq"]["covariance"] == "diagonal" and saved["steps"] == 2
     assert json.loads((tmp_path / "cli" / "report.json").read_text())["command"] == "polar-vbll " + " ".join(args)
     assert main(["evaluate", str(tmp_path / "cli"), "--quiet"]) == 0
     assert main(args) == 2 and "already holds a run" in capsys.readouterr().err
@@ -161,13 +161,25 @@ def test_config_files_and_errors(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('task = "boolq"\nsteps = 7\n[vbll]\ncovariance = "lowrank"\n')
     cfg = FitConfig.from_file(path, steps=9)
-    assert (cfg.task, cfg.steps, cfg.vbll.covariance, cfg.optimizer, cfg.alternate) == (
+    assert (cfg.task, cfg.steps, cfg.uq.covariance, cfg.optimizer, cfg.alternate) == (
         "boolq",
         9,
         "lowrank",
         "geoopt",
         True,
     )
+    nested = tmp_path / "nested.toml"
+    nested.write_text('post_hoc = ["temperature"]\n[adapter]\nmethod = "lora"\nr = 4\n[uq]\nmethod = "map"\n')
+    cfg = FitConfig.from_file(nested, adapter="lora", r=2)  # flags win over the file, its table stays
+    assert cfg.adapter == LoraConfig(r=2, dropout=0.0) and cfg.uq.method == "map"
+    assert cfg.post_hoc == ["temperature"] and cfg.calibration_holdout is True
+    assert FitConfig.from_file(nested, adapter="dora").adapter == DoraConfig(dropout=0.0)  # another: its defaults
+    again = tmp_path / "again.json"
+    again.write_text(json.dumps(cfg.to_dict()))
+    assert FitConfig.from_file(again) == cfg  # config.json round trip
+    nested.write_text('[adapter]\nmethod = "lora"\nr = "four"\n')
+    with pytest.raises(PolarVBLLError, match=r"nested.toml:3: FitConfig.adapter.r: expected an integer, got 'four'"):
+        FitConfig.from_file(nested)
     path.write_text("stepz = 7\n")
     with pytest.raises(PolarVBLLError, match=r"c.toml:1: unknown option\(s\) stepz"):
         FitConfig.from_file(path)
@@ -198,6 +210,9 @@ def test_post_hoc_laplace_changes_only_the_covariance(tiny_dir, task_dir, tmp_pa
     refined = fit(config(tiny_dir, task_dir, steps=2, laplace=True), tmp_path / "la", progress=False)
     torch.testing.assert_close(plain.head.guide.mean, refined.head.guide.mean)
     assert not torch.allclose(plain.head.guide.log_diag, refined.head.guide.log_diag)
-    assert refined.report["config"]["laplace"] is True
-    with pytest.raises(PolarVBLLError, match="laplace refines the VBLL head"):
-        FitConfig(uq="map", laplace=True)
+    assert refined.report["config"]["post_hoc"] == ["last_layer_laplace"]
+    with pytest.raises(PolarVBLLError, match="uq 'map' takes the post-hoc steps temperature, not last_layer_lap"):
+        FitConfig.from_dict({"uq": "map", "laplace": True})
+    with pytest.raises(PolarVBLLError, match="last_layer_laplace refines VBLL's posterior"):
+        FitConfig(uq="map", post_hoc=["last_layer_laplace"])
+    assert FitConfig(uq="laplace", post_hoc=["temperature"]).post_hoc == ["laplace_lora", "temperature"]

@@ -57,19 +57,28 @@ def test_resume_is_exact(adapter, tiny_dir, task_dir, tmp_path):  # noqa: F811
 
 
 def test_adapter_options_reach_the_adapter_and_are_validated():
-    assert FitConfig(adapter="s2ft").adapter_options() == {
-        "dropout": 0.0,
-        "head_ratio": 0.1,
-        "channel_ratio": 0.01,
-        "selection": "random",
-        "seed": 0,
-    }
-    assert FitConfig(adapter="pissa", r=4, target_modules=["q_proj"]).adapter_options()["target_modules"] == ["q_proj"]
-    assert FitConfig(adapter="lora", uq="mc_dropout").adapter_options()["dropout"] == 0.1
+    from polar_vbll.adapters import LoraConfig, PissaConfig, S2FTConfig
+
+    assert FitConfig(adapter="s2ft", seed=3).adapter == S2FTConfig(seed=3, dropout=0.0)  # the run's seed unless given
+    assert FitConfig(adapter={"method": "s2ft", "seed": 5}, seed=3).adapter.seed == 5
+    nested = FitConfig(adapter={"method": "pissa", "r": 4, "target_modules": ["q_proj"]})
+    assert nested.adapter == PissaConfig(r=4, target_modules=["q_proj"], dropout=0.0)
+    flat = FitConfig.from_dict({"adapter": "pissa", "r": 4, "target_modules": ["q_proj"], "pissa_niter": 2})
+    assert flat.adapter == PissaConfig(r=4, target_modules=["q_proj"], niter=2, dropout=0.0)
+    assert FitConfig(adapter="lora", uq="mc_dropout").adapter.dropout == 0.1  # the uq method's default
+    assert FitConfig(adapter={"method": "lora", "dropout": 0.3}, uq="mc_dropout").adapter.dropout == 0.3
+    assert FitConfig(adapter=LoraConfig(r=2), uq="mc_dropout").adapter == LoraConfig(r=2, dropout=0.1)
+    with pytest.raises(PolarVBLLError, match=r"adapter.dropout: uq 'mc_dropout' needs dropout > 0"):
+        FitConfig(adapter=LoraConfig(dropout=0.0), uq="mc_dropout")
     with pytest.raises(PolarVBLLError, match=r"head_ratio must lie in \(0, 1\]"):
-        FitConfig(adapter="s2ft", s2ft_head_ratio=0.0)
-    with pytest.raises(PolarVBLLError, match="corda_mode: expected one of 'ipm', 'kpm', got 'all'"):
-        FitConfig(adapter="corda", corda_mode="all")
+        FitConfig.from_dict({"adapter": "s2ft", "s2ft_head_ratio": 0.0})
+    with pytest.raises(PolarVBLLError, match="FitConfig.adapter.mode: expected one of 'ipm', 'kpm', got 'all'"):
+        FitConfig.from_dict({"adapter": "corda", "corda_mode": "all"})
+    with pytest.raises(PolarVBLLError, match="FitConfig.pissa_niter: not an option of adapter 'lora'"):
+        FitConfig.from_dict({"adapter": "lora", "pissa_niter": 2})
+    FitConfig.from_dict({"adapter": "lora", "pissa_niter": 0, "theta": "full"})  # defaults of others: 0.2 files
+    with pytest.raises(PolarVBLLError, match="unknown option.* niter for FitConfig.adapter"):
+        FitConfig(adapter={"method": "lora", "niter": 2})
 
 
 def test_export_lora_from_the_command_line(tiny_dir, task_dir, tmp_path):  # noqa: F811
@@ -106,15 +115,11 @@ def test_export_lora_from_the_command_line(tiny_dir, task_dir, tmp_path):  # noq
     ],
 )
 def test_uq_methods_train_and_reload_to_their_report(adapter, uq, tiny_dir, task_dir, tmp_path):  # noqa: F811
-    options = {
-        "ensemble_size": 2,
-        "mc_samples": 3,
-        "blob_samples": 3,
-        "calibration_size": 6,
-        **OPTIONS.get(adapter, {}),
-    }
+    cheap = {"ensemble": {"size": 2}, "mc_dropout": {"samples": 3}, "blob": {"samples": 3}}.get(uq, {})
+    options = {"calibration_size": 6, **OPTIONS.get(adapter, {})}
+    uq_config = {"method": uq, **cheap}
     result = fit(
-        config(tiny_dir, task_dir, adapter=adapter, uq=uq, steps=3, **options), tmp_path / "run", progress=False
+        config(tiny_dir, task_dir, adapter=adapter, uq=uq_config, steps=3, **options), tmp_path / "run", progress=False
     )
     again = evaluate_run(tmp_path / "run", progress=False)
     assert again["metrics"] == result.report["metrics"]

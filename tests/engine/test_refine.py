@@ -12,17 +12,21 @@ from tests.engine.test_fit import config, task_dir  # noqa: F401  (fixture)
 @pytest.mark.parametrize(
     ("uq", "post_hoc", "expected"),
     [
-        ("map", {"laplace": True}, {"uq": "laplace"}),
-        ("map", {"temperature_scaling": True}, {"uq": "temperature"}),
-        ("vbll", {"laplace": True}, {"uq": "vbll", "laplace": True}),
-        ("vbll", {"laplace": True, "temperature_scaling": True}, {"laplace": True, "temperature_scaling": True}),
+        ("map", {"laplace": True}, {"uq": "laplace", "post_hoc": ["laplace_lora"]}),
+        ("map", {"temperature_scaling": True}, {"uq": "temperature", "post_hoc": ["temperature"]}),
+        ("vbll", {"laplace": True}, {"uq": "vbll", "post_hoc": ["last_layer_laplace"]}),
+        (
+            "vbll",
+            {"laplace": True, "temperature_scaling": True},
+            {"uq": "vbll", "post_hoc": ["last_layer_laplace", "temperature"]},
+        ),
     ],
 )
 def test_refined_run_equals_the_method_trained_from_scratch(uq, post_hoc, expected, tiny_dir, task_dir, tmp_path):  # noqa: F811
     options = {"uq": uq, "steps": 3, "calibration_holdout": True, "calibration_size": 6, "laplace_samples": 8}
     source = fit(config(tiny_dir, task_dir, **options), tmp_path / "source", progress=False)
     refined = refine(tmp_path / "source", tmp_path / "refined", progress=False, **post_hoc)
-    assert {k: getattr(refined.config, k) for k in expected} == expected
+    assert {"uq": refined.config.uq.method, "post_hoc": refined.config.post_hoc} == expected
     scratch = fit(config(tiny_dir, task_dir, **{**options, **expected}), tmp_path / "scratch", progress=False)
     assert refined.report["metrics"] == scratch.report["metrics"]
     assert refined.report["metrics"] != source.report["metrics"]
@@ -49,7 +53,7 @@ def test_refine_refuses_what_it_cannot_do(tiny_dir, task_dir, tmp_path):  # noqa
         refined_config(FitConfig(uq="map"), laplace=True, steps=3)
     with pytest.raises(PolarVBLLError, match="missing: no such run folder"):
         refine(tmp_path / "missing", tmp_path / "y", laplace=True, progress=False)
-    with pytest.raises(PolarVBLLError, match="temperature_scaling needs calibration_holdout"):
+    with pytest.raises(PolarVBLLError, match="temperature needs calibration_holdout"):
         FitConfig(uq="temperature", calibration_holdout=False)
 
 
@@ -74,7 +78,7 @@ def test_refine_from_the_command_line(capsys, tiny_dir, task_dir, tmp_path):  # 
     argv = ["refine", str(tmp_path / "run"), "--out", str(tmp_path / "la"), "--laplace", "--la-subset", "last_layer"]
     assert main([*argv, "--quiet"]) == 0
     saved = json.loads((tmp_path / "la" / "config.json").read_text())
-    assert saved["uq"] == "laplace" and saved["la_subset"] == "last_layer"
+    assert saved["uq"] == {"method": "laplace", "subset": "last_layer"} and saved["post_hoc"] == ["laplace_lora"]
     assert "refined from" in capsys.readouterr().out
     assert main([*argv, "--quiet"]) == 2  # exists: one-line error, nothing lost
     assert "already holds a run" in capsys.readouterr().err

@@ -44,7 +44,7 @@ KILLED_RUN = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)
             write_state(state, folder, name)
         checkpoint.save_state = torn
-    fit(FitConfig(**options), out, progress=False, callbacks=callbacks)
+    fit(FitConfig.from_dict(options), out, progress=False, callbacks=callbacks)
     """
 )
 
@@ -52,7 +52,7 @@ KILLED_RUN = textwrap.dedent(
 @pytest.mark.parametrize("mode", ["torn-log", "torn-checkpoint"])
 def test_kill_9_then_resume_ends_like_an_uninterrupted_run(mode, tiny_dir, task_dir, tmp_path):  # noqa: F811
     options = config(tiny_dir, task_dir).to_dict()
-    full = fit(FitConfig(**options), tmp_path / "full", progress=False)
+    full = fit(FitConfig.from_dict(options), tmp_path / "full", progress=False)
     script = tmp_path / "killed_run.py"
     script.write_text(KILLED_RUN)
     killed = tmp_path / "killed"

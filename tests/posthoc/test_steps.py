@@ -25,7 +25,7 @@ from tests.conftest import write_jsonl
     ],
 )
 def test_the_config_lists_its_steps_in_order(options, steps):
-    assert FitConfig(**options).post_hoc() == steps
+    assert FitConfig.from_dict(options).post_hoc == steps
     assert all(name in POST_HOC for name in steps)
 
 

@@ -8,13 +8,14 @@ An adapter method is a config dataclass (:class:`AdapterConfig` subclass) plus a
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ..errors import PolarVBLLError
+from ..fields import MethodConfig
 from ..fields import help_field as _help
 from ..registry import Registry
 from .capabilities import CAPABILITY_HELP, Capability, GaussianFactor, LinearMap
@@ -24,17 +25,8 @@ ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 
 
 @dataclass
-class TunerConfig:
+class TunerConfig(MethodConfig):
     """What every fine-tuning method's config has: its registered ``method`` name, a dict form and help texts."""
-
-    method: ClassVar[str] = ""
-
-    def to_dict(self) -> dict:
-        return {"method": self.method, **asdict(self)}
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
 
     def _check_ratio(self, name: str) -> None:
         value = getattr(self, name)
@@ -50,10 +42,12 @@ class AdapterConfig(TunerConfig):
         "Linear modules to adapt: a list of name suffixes (e.g. q_proj) or one regex matched against full names",
         default_factory=lambda: ["q_proj", "v_proj"],
     )
-    dropout: float = _help("dropout on the adapter input (0 = none)", 0.0)
+    dropout: float | None = _help(
+        "dropout on the adapter input (0 = none; unset: the uncertainty method's, MC dropout 0.1, else 0)", None
+    )
 
     def __post_init__(self):
-        if not 0.0 <= self.dropout < 1.0:
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise PolarVBLLError(f"{type(self).__name__}.dropout must lie in [0, 1), got {self.dropout}")
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
@@ -104,7 +98,7 @@ class AdapterLinear(nn.Module, abc.ABC):
         self.config = config
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
         self.scaling = getattr(config, "scaling", 1.0)
-        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.merged = False
 
     @classmethod

@@ -98,7 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--laplace-samples", type=positive_int, help="training examples for the Laplace Hessian (default: run's)"
     )
-    p.add_argument("--la-subset", choices=["adapter", "last_layer"], help="Laplace-LoRA weights (default: run's)")
+    p.add_argument(
+        "--laplace-subset",
+        "--la-subset",
+        dest="la_subset",
+        choices=["adapter", "last_layer"],
+        help="Laplace-LoRA weights (default: the adapter's and the head's)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_refine)

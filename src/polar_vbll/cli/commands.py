@@ -89,20 +89,25 @@ def _print_metrics(title: str, metrics: dict, note: str = "") -> None:
         print(f"  {key:<22} {value:.4f}")
 
 
-def cmd_fit(args: argparse.Namespace) -> None:
+def fit_options(args: argparse.Namespace) -> dict:
+    """The options given by ``fit``'s flags, flat (``r``, ``pissa_niter``; see :mod:`polar_vbll.flat_options`)."""
     from dataclasses import fields
 
+    from ..config import FitConfig
+
+    names = [f.name for f in fields(FitConfig)] + ["laplace", "temperature_scaling", *args.method_options]
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
     from ..engine import FitConfig, fit
     from ..fields import ConfigFieldError
-    from ..uq import VBLLConfig
 
-    overrides = {f.name: getattr(args, f.name) for f in fields(FitConfig) if f.name != "vbll"}
-    vbll = {f.name: getattr(args, f"vbll_{f.name}") for f in fields(VBLLConfig)}
-    vbll = {k: v for k, v in vbll.items() if v is not None}
+    overrides = fit_options(args)
     command = shlex.join(["polar-vbll", *args.argv])
     try:
         if args.resume:
-            for flag, given in (("--config", args.config), ("--overwrite", args.overwrite), ("--vbll-*", vbll)):
+            for flag, given in (("--config", args.config), ("--overwrite", args.overwrite)):
                 if given:
                     raise PolarVBLLError(f"{flag}: cannot be used with --resume (the run's config.json fixes it)")
             if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
@@ -111,23 +116,33 @@ def cmd_fit(args: argparse.Namespace) -> None:
         else:
             if args.config:
                 config = FitConfig.from_file(args.config, **overrides)
-                if vbll:
-                    config.vbll = VBLLConfig(**{**config.vbll.__dict__, **vbll})
             else:
-                config = FitConfig(**{k: v for k, v in overrides.items() if v is not None}, vbll=VBLLConfig(**vbll))
+                config = FitConfig.from_dict(overrides)
             out = args.out or "runs/fit"
             result = fit(config, out=out, overwrite=args.overwrite, progress=not args.quiet, command=command)
     except ConfigFieldError as exc:  # a flag's value: name the flag, as the user typed it
-        prefix = "--vbll-" if str(exc).startswith(("VBLLConfig", "FitConfig.vbll")) else "--"
-        raise PolarVBLLError(f"{prefix}{exc.field.replace('_', '-')}: {exc.detail}") from None
+        raise PolarVBLLError(f"{_flag_of(exc, overrides)}: {exc.detail}") from None
     report = result.report
     _print_metrics(
         f"{report['task']} / {report['split']}: {report['n']} examples, "
-        f"{result.config.adapter}-{result.config.uq} on {report['model']['name']}",
+        f"{result.config.adapter.method}-{result.config.uq.method} on {report['model']['name']}",
         report["metrics"],
         report["model"].get("note", ""),
     )
     print(f"run folder: {result.out} (report.md, report.json, adapter/, head.safetensors, train_log.jsonl)")
+
+
+def _flag_of(exc, overrides: dict) -> str:
+    """The flag that set the option ``exc`` names: ``--steps``, ``--r``, ``--pissa-niter``, ``--vbll-prior-scale``."""
+    field = exc.field
+    if exc.owner in ("FitConfig.adapter", "FitConfig.uq"):
+        method = overrides.get(exc.owner.split(".")[1])
+        candidates = [flat for flat in overrides if flat == field or flat.endswith("_" + field)]
+        field = candidates[0] if candidates else f"{method}_{field}" if method else field
+    elif exc.owner != "FitConfig":  # a method config's own check (MCDropoutConfig.samples)
+        candidates = [flat for flat in overrides if flat.endswith("_" + field)]
+        field = candidates[0] if candidates else field
+    return "--" + field.replace("_", "-")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -216,14 +231,11 @@ def cmd_refine(args: argparse.Namespace) -> None:
     )
     report = result.report
     _print_metrics(
-        f"{report['task']} / {report['split']}: {report['n']} examples, {result.config.adapter}-{result.config.uq}"
-        f" refined from {args.run_dir}",
+        f"{report['task']} / {report['split']}: {report['n']} examples, "
+        f"{result.config.adapter.method}-{result.config.uq.method} refined from {args.run_dir}",
         report["metrics"],
     )
     print(f"run folder: {result.out}")
-
-
-# FitConfig fields whose default is None: the type their flag parses
 
 
 def cmd_report(args: argparse.Namespace) -> None:

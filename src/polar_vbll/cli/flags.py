@@ -9,6 +9,7 @@ from dataclasses import MISSING, fields
 from typing import Any
 
 from ..fields import field_types
+from ..flat_options import RENAMED
 from .commands import cmd_fit
 
 
@@ -34,18 +35,56 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str = "", 
     """One flag per dataclass field, parsed by the field's type, with its help text; defaults stay None (not given)."""
     hints = field_types(cls)
     for f in fields(cls):
-        if f.name in skip:
+        if f.name not in skip:
+            _add_flag(parser, prefix + f.name, f, hints[f.name], f.metadata.get("help", ""))
+
+
+def _add_flag(parser, name: str, f, hint, helptext: str, aliases: tuple[str, ...] = ()) -> None:
+    default = f.default_factory() if f.default_factory is not MISSING else f.default
+    helptext += f" (default {default})" if default is not None else ""
+    flags = ["--" + n.replace("_", "-") for n in (name, *aliases)]
+    parser.add_argument(*flags, dest=name, default=None, help=helptext, **flag_options(hint))
+
+
+def method_flags(section: str, registry) -> dict[str, tuple[str, Any, list[str]]]:
+    """{flat name: (field, dataclass field, methods having it)} of every registered method's options: an adapter
+    field that several methods share is ``--r``, one of a single method ``--pissa-niter``; uncertainty options are
+    always prefixed (``--vbll-prior-scale``, ``--ensemble-size``). The flat names are those of
+    :mod:`polar_vbll.flat_options`, so a flag's value reaches the chosen method's config there."""
+    owners: dict[str, list[str]] = {}
+    for method in registry:
+        for f in fields(registry.get(method).config):
+            owners.setdefault(f.name, []).append(method)
+    flags: dict[str, tuple[str, Any, list[str]]] = {}
+    for method in registry:
+        for f in fields(registry.get(method).config):
+            shared = section == "adapter" and len(owners[f.name]) > 1
+            flat = f.name if shared else f"{method}_{f.name}"
+            flags.setdefault(flat, (f.name, f, owners[f.name] if shared else [method]))
+    return flags
+
+
+def add_method_flags(parser: argparse.ArgumentParser, section: str, registry, skip: set[str]) -> list[str]:
+    """The flags of :func:`method_flags` with their help text and old spellings; returns their flat names."""
+    renamed = {(sec, method, name): flat for flat, (sec, method, name) in RENAMED.items()}
+    group = parser.add_argument_group(f"{section} options (each applies to the methods named in its help)")
+    added = []
+    for flat, (name, f, methods) in method_flags(section, registry).items():
+        if flat in skip:
             continue
-        default = f.default_factory() if f.default_factory is not MISSING else f.default
-        flag = "--" + (prefix + f.name).replace("_", "-")
-        helptext = f.metadata.get("help", "") + (f" (default {default})" if default is not None else "")
-        dest = (prefix + f.name).replace("-", "_")
-        parser.add_argument(flag, dest=dest, default=None, help=helptext, **flag_options(hints[f.name]))
+        cls = registry.get(methods[0]).config
+        aliases = tuple(renamed[(section, m, name)] for m in methods if (section, m, name) in renamed)
+        aliases += ("theta",) if flat == "polar_theta" else ()  # today's --theta
+        helptext = f"{', '.join(methods)}: {f.metadata.get('help', '')}"
+        _add_flag(group, flat, f, field_types(cls)[name], helptext, aliases)
+        added.append(flat)
+    return added
 
 
 def add_fit_parser(sub) -> None:
+    from ..adapters import ADAPTERS
     from ..engine import FitConfig
-    from ..uq import VBLLConfig
+    from ..uq import UQ_METHODS
 
     p = sub.add_parser(
         "fit",
@@ -64,6 +103,22 @@ def add_fit_parser(sub) -> None:
         "--overwrite", action="store_true", help="replace the run in --out (only its own files; others stay)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_dataclass_flags(p, FitConfig, skip=("vbll",))
-    add_dataclass_flags(p, VBLLConfig, prefix="vbll_")
-    p.set_defaults(func=cmd_fit)
+    p.add_argument("--adapter", choices=list(ADAPTERS), help="adapter method (default polar)")
+    p.add_argument("--uq", choices=list(UQ_METHODS), help="uncertainty method (default vbll)")
+    p.add_argument(
+        "--laplace",
+        action="store_true",
+        default=None,
+        help="add the post-hoc step last_layer_laplace (VBLL: refine the head's posterior by a Laplace)",
+    )
+    p.add_argument(
+        "--temperature-scaling",
+        action="store_true",
+        default=None,
+        help="add the post-hoc step temperature (fit T on held-out training examples)",
+    )
+    top_level = {f.name for f in fields(FitConfig)}
+    add_dataclass_flags(p, FitConfig, skip=("adapter", "uq"))
+    flat = add_method_flags(p, "adapter", ADAPTERS, top_level)
+    flat += add_method_flags(p, "uq", UQ_METHODS, top_level)
+    p.set_defaults(func=cmd_fit, method_options=flat)

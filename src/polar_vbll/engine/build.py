@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..adapters import ADAPTERS, inject_adapters, make_config
-from ..adapters.base import AdapterConfig
+from ..adapters import ADAPTERS, inject_adapters
+from ..adapters.base import AdapterConfig, TunerConfig
 from ..config import FitConfig
 from ..data import TaskSpec, get_task, label_token_ids
 from ..errors import PolarVBLLError
@@ -30,16 +30,16 @@ def build_components(
     init_weight = backbone.lm_head.weight.detach()[label_ids].clone().float()
     if n_train is None:
         n_train = len(training_items(task, config)[0])
-    method = UQ_METHODS.get(config.uq)
-    head = method.build(init_weight, n_train, config=config.vbll, fit=config)
-    adapter = make_config(config.adapter, **config.adapter_options())
-    layer = ADAPTERS.get(config.adapter).layer
+    method = UQ_METHODS.get(config.uq.method)
+    head = method.build(init_weight, n_train, config.uq, config)
+    adapter = config.adapter
+    layer = ADAPTERS.get(adapter.method).layer
     data = {}
     if layer is not None and layer.needs_data and not restore:
         assert isinstance(adapter, AdapterConfig)  # a layer method's config
         data = layer.prepare(backbone.model, adapter, TrainingInputs(backbone, config))
-    members = config.ensemble_size if method.ensemble else 1
-    inject_adapters(backbone.model, adapter, restore=restore, members=members, **data)
+    assert isinstance(adapter, TunerConfig)  # FitConfig resolved it through ADAPTERS
+    inject_adapters(backbone.model, adapter, restore=restore, members=method.members(config.uq), **data)
     head.attach(backbone)
     return backbone, task, head
 

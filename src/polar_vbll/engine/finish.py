@@ -38,7 +38,7 @@ def finish_run(
     start = time.perf_counter()
     trainable, total = count_trainable(backbone.model)
     context = PostHocContext(backbone, head, task, items, held_out, config)
-    reported = run_post_hoc(config.post_hoc(), context)
+    reported = run_post_hoc(config.post_hoc or [], context)
     post_hoc_s = time.perf_counter() - start
     claim(out, "adapter", "head.safetensors")
     save_adapter(backbone.model, out / "adapter")
@@ -59,7 +59,7 @@ def _run_report(config, backbone, task, evaluation, out, command, trainable, tot
         split=evaluation["split"],
         n=evaluation["n"],
         model=backbone.describe(),
-        method={"adapter": config.adapter, "uq": config.uq, "optimizer": config.optimizer},
+        method={"adapter": config.adapter.method, "uq": config.uq.method, "optimizer": config.optimizer},
         metrics=evaluation["metrics"],
         prompt_version=task.template.id,
         label_words=task.label_words(),

@@ -27,6 +27,7 @@ from ..errors import PolarVBLLError
 from ..models import Backbone, resolve_model
 from ..optim import build_optimizer
 from ..outputs import OutputKind, claim, prepare_output
+from ..posthoc import check_post_hoc
 from .build import build_components, training_items
 from .checkpoint import (
     FitInterrupted,
@@ -72,7 +73,7 @@ def fit(
     if resume:
         config = resumed_config(out, overrides)
     else:
-        config = config or FitConfig(**overrides)
+        config = config or FitConfig.from_dict(overrides)
         _check_inputs(config)  # before --overwrite removes anything
         prepare_output(out, OutputKind.RUN, overwrite=overwrite)
     backbone, task, head = build_components(config, backbone)
@@ -185,6 +186,7 @@ def fit(
 def _check_inputs(config: FitConfig) -> None:
     """The model and task exist, and the report will not score the training examples unless asked to (a folder
     holding only ``train.jsonl``)."""
+    check_post_hoc(config.post_hoc or [])
     resolve_model(config.model)
     task = get_task(config.task, config.template)
     if config.eval_split is None and task.eval_split == "train":

@@ -11,6 +11,7 @@ from ..config import FitConfig
 from ..errors import PolarVBLLError
 from ..models import load_backbone
 from ..outputs import OutputKind, claim, prepare_output
+from ..posthoc import ordered_steps
 from ..stored import load_tensors, read_json, tensor_metadata
 from ..uq import UQ_METHODS
 from .build import build_components, training_items
@@ -53,37 +54,56 @@ def load_run(run_dir: str | Path, config: FitConfig | None = None) -> FitResult:
 
 def refined_config(config: FitConfig, temperature_scaling: bool = False, laplace: bool = False, **options):
     """The config that ``fit`` would train into the same weights as ``config``, plus the post-hoc steps asked for:
-    ``laplace`` turns MAP into Laplace-LoRA (``--uq laplace``) and adds a last-layer Laplace to VBLL;
-    ``temperature_scaling`` fits T on the run's held-out examples. ``options``: ``laplace_samples``, ``la_subset``.
+    ``laplace`` turns MAP into Laplace-LoRA (``uq laplace``) and adds a last-layer Laplace to VBLL;
+    ``temperature_scaling`` fits T on the run's held-out examples. ``options``: ``laplace_samples``, ``la_subset``
+    (Laplace-LoRA's ``subset``).
     """
     if not (temperature_scaling or laplace):
         raise PolarVBLLError("refine: ask for temperature_scaling and/or laplace")
     unknown = set(options) - {"laplace_samples", "la_subset"}
     if unknown:
         raise PolarVBLLError(f"refine: unknown option(s) {sorted(unknown)} (laplace_samples, la_subset)")
-    changes: dict = dict(options)
-    refinements = UQ_METHODS.get(config.uq).refinements
+    data = config.to_dict()
+    steps = list(config.post_hoc or [])
+    refinements = UQ_METHODS.get(config.uq.method).refinements
     if laplace:
-        done = all(getattr(config, k) == v for k, v in refinements.get("laplace", {}).items())
-        if "laplace" not in refinements or done:
+        change = refinements.get("laplace")
+        done = change is not None and change.get("post_hoc") in steps
+        if change is None or done:
             able = [name for name in UQ_METHODS if "laplace" in UQ_METHODS.get(name).refinements]
             raise PolarVBLLError(
-                f"refine: a Laplace refinement needs a {' or '.join(able)} run, this one is {config.uq!r}"
-                + (" (refined already)" if done and "laplace" in refinements else "")
+                f"refine: a Laplace refinement needs a {' or '.join(able)} run, this one is {config.uq.method!r}"
+                + (" (refined already)" if done else "")
             )
-        changes.update(refinements["laplace"])
+        data, steps = _apply(change, data, steps)
     if temperature_scaling:
-        if config.temperature_scaling:
+        if "temperature" in steps:
             raise PolarVBLLError("refine: the run already has a fitted temperature")
         if not config.calibration_holdout:
             raise PolarVBLLError(
                 "refine: the run trained on every training example, so none is left to fit a temperature on "
                 "(train with --calibration-holdout)"
             )
-        changes["temperature_scaling"] = True
-        if not laplace:  # MAP + temperature is the method "temperature"
-            changes.update(refinements.get("temperature", {}))
-    return FitConfig(**{**config.to_dict(), **changes})
+        # MAP + temperature is the method "temperature"; after a Laplace refinement it is a step of that method
+        change = refinements.get("temperature", {}) if not laplace else {}
+        data, steps = _apply({"post_hoc": "temperature", **change}, data, steps)
+    subset = options.pop("la_subset", None)
+    if subset is not None:
+        if "subset" not in UQ_METHODS.get(data["uq"]["method"]).config.help():
+            raise PolarVBLLError(f"refine: la_subset sets Laplace-LoRA's subset; uq {data['uq']['method']!r} has none")
+        data["uq"]["subset"] = subset
+    return FitConfig.from_dict({**data, **options, "post_hoc": ordered_steps(steps)})
+
+
+def _apply(change: dict[str, str], data: dict, steps: list[str]) -> tuple[dict, list[str]]:
+    """A refinement (``{"uq": name}`` and/or ``{"post_hoc": step}``) applied to a config's dict and step list."""
+    if "uq" in change:
+        method = UQ_METHODS.get(change["uq"])
+        data = {**data, "uq": {"method": change["uq"]}}
+        steps = steps + [step for step in method.post_hoc if step not in steps]
+    if "post_hoc" in change and change["post_hoc"] not in steps:
+        steps = steps + [change["post_hoc"]]
+    return data, steps
 
 
 def refine(

@@ -1,5 +1,5 @@
 """Post-hoc steps: what runs after training, each an object with ``fit(context) -> state`` (as TorchUncertainty's
-post-processing). A run's config lists them (``FitConfig.post_hoc()``); ``fit`` and ``refine`` run that list in
+post-processing). A run's config lists them (``FitConfig.post_hoc``); ``fit`` and ``refine`` run that list in
 order, the head keeps what they fitted (``head.safetensors``) and the report keeps each step's state under its
 ``report_key``. A new step is one class and one registry line.
 """
@@ -14,6 +14,7 @@ import torch
 
 from ..config import FitConfig
 from ..data import TaskSpec, encoded_batches
+from ..errors import PolarVBLLError
 from ..models import Backbone
 from ..registry import Registry
 from ..uq import UQHead
@@ -45,6 +46,8 @@ class PostHocStep(abc.ABC):
     """One post-hoc step. ``report_key``: where its state goes in the run report (None: it reports nothing)."""
 
     report_key: ClassVar[str | None] = None
+    #: a calibration of the final predictive (temperature scaling): it runs after every step that changes it
+    calibrates: ClassVar[bool] = False
 
     @abc.abstractmethod
     def fit(self, context: PostHocContext) -> dict:
@@ -52,6 +55,19 @@ class PostHocStep(abc.ABC):
 
 
 POST_HOC: Registry[type[PostHocStep]] = Registry("post-hoc step")
+
+
+def ordered_steps(names: list[str]) -> list[str]:
+    """``names`` (each a registered step, else a one-line error) with the calibrating steps moved last."""
+    for name in names:
+        POST_HOC.get(name)
+    return sorted(names, key=lambda name: POST_HOC.get(name).calibrates)
+
+
+def check_post_hoc(names: list[str]) -> None:
+    """Refuse an unknown step, or a calibrating step followed by one that changes the predictive it calibrated."""
+    if ordered_steps(names) != names:
+        raise PolarVBLLError(f"FitConfig.post_hoc: {names}: a calibration (temperature) must come last")
 
 
 def run_post_hoc(names: list[str], context: PostHocContext) -> dict[str, dict]:

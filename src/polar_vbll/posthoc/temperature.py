@@ -14,6 +14,7 @@ class TemperatureScaling(PostHocStep):
     """T minimizing the NLL of the mean softmax of the logit samples / T on ``held_out`` (LBFGS); the head keeps T."""
 
     report_key = "calibration"
+    calibrates = True
 
     @torch.no_grad()
     def fit(self, context: PostHocContext) -> dict:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import PolarVBLLError
+from ..fields import MethodConfig
 from ..registry import Registry
 
 
@@ -122,25 +123,34 @@ class UQHead(nn.Module, abc.ABC):
 
 @dataclass(frozen=True)
 class UQMethod:
+    """A registered uncertainty method: how to build its head from its options (``config``, a
+    :class:`~polar_vbll.fields.MethodConfig` whose ``method`` is the registered name) and what it implies."""
+
     description: str
-    build: Callable[..., UQHead]  # (init_weight (C, d), n_train, **options) -> UQHead
-    #: the adapter capabilities it needs, given the run's FitConfig (:mod:`polar_vbll.adapters.capabilities`)
-    requires: Callable[[Any], frozenset[str]] = lambda fit: frozenset()
+    #: ``build(init_weight (C, d), n_train, options, fit) -> UQHead``; ``options`` is a ``config`` instance, ``fit``
+    #: the run's FitConfig (batch size and the like; typed ``Any``: uq/ is below the config in the import order)
+    build: Callable[[torch.Tensor, int, Any, Any], UQHead]
+    #: the dataclass of the method's own options (``FitConfig.uq``)
+    config: type[MethodConfig]
+    #: the adapter capabilities it needs, given its options (:mod:`polar_vbll.adapters.capabilities`)
+    requires: Callable[[Any], frozenset[str]] = lambda options: frozenset()
+    #: adapter members trained side by side on one base, given its options (deep ensembles: their size)
+    members: Callable[[Any], int] = lambda options: 1
     #: whether training alternates head and adapter steps by default (VBLL: the head's ELBO, then the adapter's)
     alternates: bool = False
-    #: whether its head can refine its own posterior by a last-layer Laplace after training (VBLL's ``laplace_``)
-    last_layer_laplace: bool = False
-    #: what ``refine`` changes in a finished run's config to add a post-hoc method ("laplace", "temperature") to
-    #: it: MAP becomes Laplace-LoRA (another head, same weights), VBLL gains a last-layer Laplace
-    refinements: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: fit a temperature on held-out training examples after training (``--uq temperature``)
-    post_hoc_temperature: bool = False
-    #: the adapter input dropout the method implies (MC dropout: 0.1)
+    #: post-hoc steps its head can take besides its own (``post_hoc``): a temperature (every head), a last-layer
+    #: Laplace of its own posterior (VBLL's ``laplace_``)
+    supports: tuple[str, ...] = ("temperature",)
+    #: what ``refine`` changes in a finished run's config to add a post-hoc method ("laplace", "temperature"):
+    #: ``{"uq": name}`` (MAP becomes Laplace-LoRA: another head, same weights) or ``{"post_hoc": step}`` (VBLL gains
+    #: a last-layer Laplace)
+    refinements: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: post-hoc steps that are part of the method (:mod:`polar_vbll.posthoc`): ``--uq temperature`` is MAP then
+    #: ``temperature``, ``--uq laplace`` is MAP then ``laplace_lora``
+    post_hoc: tuple[str, ...] = ()
+    #: the adapter input dropout the method implies when the adapter's is not given (MC dropout: 0.1); a method
+    #: with one > 0 refuses an adapter whose dropout is 0
     adapter_dropout: float = 0.0
-    #: whether the adapter is an ensemble of ``FitConfig.ensemble_size`` members
-    ensemble: bool = False
-    #: whether the head fits a posterior after training (``head.post_hoc(backbone, batches, n_total)``)
-    post_hoc_laplace: bool = False
 
 
 UQ_METHODS: Registry[UQMethod] = Registry("uncertainty method")

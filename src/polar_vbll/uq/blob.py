@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -25,6 +26,8 @@ from torch import nn
 
 from ..adapters.capabilities import Capability
 from ..errors import PolarVBLLError
+from ..fields import MethodConfig
+from ..fields import help_field as _help
 from .base import UQ_METHODS, UQMethod
 from .point import PointHead
 
@@ -127,13 +130,23 @@ class BlobHead(PointHead):
             self._sampling, self._generator = False, None
 
 
+@dataclass
+class BlobConfig(MethodConfig):
+    """Options of BLoB."""
+
+    method = "blob"
+    samples: int = _help("backbone passes per prediction (0 = the posterior mean only)", 10)
+
+    def __post_init__(self):
+        self.require_at_least(0, "samples")
+
+
 UQ_METHODS.register(
     "blob",
     UQMethod(
-        "BLoB: Gaussian posterior on the adapter's A (PoLAR: Θ) with flipout, KL to N(0, 0.2²), blob_samples passes",
-        lambda init_weight, n_train, fit=None, **_: BlobHead(
-            init_weight, n_train, fit.batch_size if fit else 16, fit.blob_samples if fit else 10
-        ),
-        requires=lambda fit: frozenset({Capability.GAUSSIAN_FACTOR}),
+        "BLoB: Gaussian posterior on the adapter's A (PoLAR: Θ) with flipout, KL to N(0, 0.2²), samples passes",
+        lambda init_weight, n_train, options, fit: BlobHead(init_weight, n_train, fit.batch_size, options.samples),
+        BlobConfig,
+        requires=lambda options: frozenset({Capability.GAUSSIAN_FACTOR}),
     ),
 )

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..adapters.capabilities import Capability
 from ..errors import PolarVBLLError
+from ..fields import MethodConfig
+from ..fields import help_field as _help
 from .base import UQ_METHODS, UQHead, UQMethod
 from .point import PointHead
 
@@ -77,12 +80,24 @@ class EnsembleHead(UQHead):
         return self.members[self.active].point_logits(features, choice_mask)
 
 
+@dataclass
+class EnsembleConfig(MethodConfig):
+    """Options of a deep ensemble."""
+
+    method = "ensemble"
+    size: int = _help("adapters (and heads) of the ensemble, on one shared base", 3)
+
+    def __post_init__(self):
+        self.require_at_least(1, "size")
+
+
 UQ_METHODS.register(
     "ensemble",
     UQMethod(
-        "deep ensemble: ensemble_size adapters (one shared base) with their own MAP heads, same batches",
-        lambda init_weight, n_train, fit=None, **_: EnsembleHead(init_weight, fit.ensemble_size if fit else 3),
-        ensemble=True,
-        requires=lambda fit: frozenset({Capability.WRAPS_LINEAR, Capability.SHARED_BASE}),
+        "deep ensemble: size adapters (one shared base) with their own MAP heads, same batches",
+        lambda init_weight, n_train, options, fit: EnsembleHead(init_weight, options.size),
+        EnsembleConfig,
+        members=lambda options: options.size,
+        requires=lambda options: frozenset({Capability.WRAPS_LINEAR, Capability.SHARED_BASE}),
     ),
 )

@@ -15,11 +15,15 @@ only (last-layer Laplace).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from ..adapters.capabilities import Capability
 from ..errors import PolarVBLLError
+from ..fields import MethodConfig
+from ..fields import help_field as _help
 from ..models.backbone import mask_choices
 from .base import UQ_METHODS, UQMethod
 from .point import PointHead
@@ -206,12 +210,23 @@ class LaplaceHead(PointHead):
         return probs, samples[:, :n_samples] / self.temperature
 
 
+@dataclass
+class LaplaceLoRAConfig(MethodConfig):
+    """Options of Laplace-LoRA (the Hessian's examples are ``FitConfig.laplace_samples``)."""
+
+    method = "laplace"
+    subset: Literal["adapter", "last_layer"] = _help(
+        "K-FAC over the adapter's linear maps and the head weights, or the head only", "adapter"
+    )
+
+
 UQ_METHODS.register(
     "laplace",
     UQMethod(
         "Laplace-LoRA: MAP, then a K-FAC Laplace posterior over the adapter and head weights, GLM predictive",
-        lambda init_weight, n_train, fit=None, **_: LaplaceHead(init_weight, fit.la_subset if fit else "adapter"),
-        requires=lambda fit: frozenset({Capability.LINEAR_MAPS}) if fit.la_subset == "adapter" else frozenset(),
-        post_hoc_laplace=True,
+        lambda init_weight, n_train, options, fit: LaplaceHead(init_weight, options.subset),
+        LaplaceLoRAConfig,
+        requires=lambda options: frozenset({Capability.LINEAR_MAPS}) if options.subset == "adapter" else frozenset(),
+        post_hoc=("laplace_lora",),
     ),
 )

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..adapters.capabilities import Capability
 from ..errors import PolarVBLLError
+from ..fields import MethodConfig
+from ..fields import help_field as _help
 from .base import UQ_METHODS, UQMethod
 from .point import PointHead
 
@@ -52,12 +55,24 @@ class MCDropoutHead(PointHead):
                     dropout.train(mode)
 
 
+@dataclass
+class MCDropoutConfig(MethodConfig):
+    """Options of MC dropout (the dropout rate is the adapter's ``dropout``, 0.1 unless given)."""
+
+    method = "mc_dropout"
+    samples: int = _help("backbone passes per prediction, each with its own dropout mask", 10)
+
+    def __post_init__(self):
+        self.require_at_least(1, "samples")
+
+
 UQ_METHODS.register(
     "mc_dropout",
     UQMethod(
-        "MC dropout: dropout 0.1 on the adapter input, kept on at prediction (mc_samples backbone passes)",
-        lambda init_weight, n_train, fit=None, **_: MCDropoutHead(init_weight, fit.mc_samples if fit else 10),
+        "MC dropout: dropout 0.1 on the adapter input, kept on at prediction (samples backbone passes)",
+        lambda init_weight, n_train, options, fit: MCDropoutHead(init_weight, options.samples),
+        MCDropoutConfig,
         adapter_dropout=0.1,
-        requires=lambda fit: frozenset({Capability.WRAPS_LINEAR}),
+        requires=lambda options: frozenset({Capability.WRAPS_LINEAR}),
     ),
 )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from ..fields import MethodConfig
 from ..models.backbone import mask_choices
 from .base import UQ_METHODS, UQHead, UQMethod
 
@@ -34,18 +37,34 @@ class PointHead(UQHead):
         return self.logits(features, choice_mask)[:, None].expand(-1, n_samples, -1)
 
 
+@dataclass
+class MleConfig(MethodConfig):
+    """Maximum likelihood has no options of its own."""
+
+    method = "mle"
+
+
+@dataclass
+class MapConfig(MethodConfig):
+    """MAP has no options of its own (the adapter's weight decay is ``FitConfig.weight_decay``)."""
+
+    method = "map"
+
+
 UQ_METHODS.register(
     "mle",
     UQMethod(
         "maximum likelihood: cross-entropy, no weight decay",
-        lambda init_weight, n_train, **_: PointHead(init_weight, 0.0),
+        lambda init_weight, n_train, options, fit: PointHead(init_weight, 0.0),
+        MleConfig,
     ),
 )
 UQ_METHODS.register(
     "map",
     UQMethod(
         "MAP: cross-entropy with weight decay 1e-5 on the adapter",
-        lambda init_weight, n_train, **_: PointHead(init_weight, 1e-5),
+        lambda init_weight, n_train, options, fit: PointHead(init_weight, 1e-5),
+        MapConfig,
         refinements={"laplace": {"uq": "laplace"}, "temperature": {"uq": "temperature"}},
     ),
 )

@@ -7,10 +7,12 @@ method; ``--uq temperature`` is MAP plus this step.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import PolarVBLLError
+from ..fields import MethodConfig
 from .base import UQ_METHODS, UQMethod
 from .point import PointHead
 
@@ -45,11 +47,19 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     return temperature
 
 
+@dataclass
+class TemperatureConfig(MethodConfig):
+    """Temperature scaling has no options of its own (``FitConfig.calibration_size`` sets its held-out examples)."""
+
+    method = "temperature"
+
+
 UQ_METHODS.register(
     "temperature",
     UQMethod(
         "MAP, then one temperature fitted on held-out training examples (LBFGS on logits)",
-        lambda init_weight, n_train, **_: PointHead(init_weight, 1e-5),
-        post_hoc_temperature=True,
+        lambda init_weight, n_train, options, fit: PointHead(init_weight, 1e-5),
+        TemperatureConfig,
+        post_hoc=("temperature",),
     ),
 )

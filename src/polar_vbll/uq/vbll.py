@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import PolarVBLLError
-from ..fields import ConfigFieldError, check_types
+from ..fields import ConfigFieldError, MethodConfig, check_types
 from ..fields import help_field as _help
 from ..models.backbone import mask_choices
 from .base import UQ_METHODS, UQHead, UQMethod
@@ -36,8 +36,10 @@ from .vbll_pyro import Covariance, VBLLGuide, VBLLModel
 
 
 @dataclass
-class VBLLConfig:
+class VBLLConfig(MethodConfig):
     """Options of the variational Bayesian last layer."""
+
+    method = "vbll"
 
     covariance: Covariance = _help("posterior covariance per class: dense (Cholesky), diagonal, lowrank", "dense")
     cov_rank: int = _help("rank of the low-rank part (covariance='lowrank')", 4)
@@ -279,9 +281,10 @@ UQ_METHODS.register(
     "vbll",
     UQMethod(
         "variational Bayesian last layer (Pyro): Gaussian posterior over the answer-head rows",
-        lambda init_weight, n_train, config=None, **_: VBLLHead(init_weight, n_train, config),
+        lambda init_weight, n_train, options, fit: VBLLHead(init_weight, n_train, options),
+        VBLLConfig,
         alternates=True,
-        last_layer_laplace=True,
-        refinements={"laplace": {"laplace": True}},
+        supports=("temperature", "last_layer_laplace"),
+        refinements={"laplace": {"post_hoc": "last_layer_laplace"}},
     ),
 )

@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml tests/requirements-nodeps.txt
 	touch $(STAMP)
 
 # The main job: PoLAR-VBLL fine-tune of the embedded model on SST-2, next to MAP-LoRA with the same steps and data.
-DEMO = --model smollm2-135m --task sst2 --steps 100 --batch-size 16 --overwrite
+DEMO = --model smollm2-135m --task sst2 --steps 100 --batch-size 16 --precision auto --overwrite
 demo: $(STAMP)
 	$(BIN)/polar-vbll models prepare smollm2-135m
 	$(BIN)/polar-vbll fit $(DEMO) --adapter polar --uq vbll --out runs/demo/polar-vbll

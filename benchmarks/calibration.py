@@ -24,7 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine_info, machine_line, run_worker  # noqa: E402
+from common import RESULTS, add_precision_argument, machine_info, machine_line, run_worker  # noqa: E402
+
+from polar_vbll.models.precision import resolved_name  # noqa: E402
 
 BLOB_TASKS = ["wg_s", "arc_c", "arc_e", "wg_m", "obqa", "boolq"]  # the six tasks of the BLoB / PoLAR-VBLL protocol
 
@@ -123,11 +125,20 @@ ALL = {**METHODS, **ABLATIONS}
 METRICS = {"cls/acc": "ACC ↑", "cal/ece": "ECE ↓", "cls/nll": "NLL ↓"}
 
 
+def run_name(profile: str, precision: str) -> str:
+    """The name of a profile's results and run folders: ``cpu-quick`` in fp32, ``cpu-quick_bf16`` in bf16 (so a
+    table made in one precision is never mixed with, or overwritten by, cells of the other)."""
+    from polar_vbll.models.precision import resolved_name
+
+    resolved = resolved_name(precision)
+    return profile if resolved == "fp32" else f"{profile}_{resolved}"
+
+
 def cell_dir(runs: Path, task: str, seed: int, method: str) -> Path:
     return runs / task / f"seed{seed}" / method.replace(" ", "").replace("+", "_")
 
 
-def worker(profile: Profile, task: str, seed: int, method: str, runs: Path, model: str) -> dict:
+def worker(profile: Profile, task: str, seed: int, method: str, runs: Path, model: str, precision: str) -> dict:
     from polar_vbll.engine import fit, refine
 
     adapter, uq, source, post_hoc, options = ALL[method]
@@ -154,6 +165,7 @@ def worker(profile: Profile, task: str, seed: int, method: str, runs: Path, mode
             calibration_holdout=True,
             calibration_size=profile.calibration_size,
             laplace_samples=profile.laplace_samples,
+            precision=precision,
             **options,
         )
     return {"metrics": result.report["metrics"], "n": result.report["n"], "timings": result.report["timings"]}
@@ -190,7 +202,9 @@ def cell_hours(cells: dict) -> dict[str, float]:
     return hours
 
 
-def markdown(name: str, profile: Profile, summary: dict, total: int, done: int, hours: dict, command: str, machine):
+def markdown(
+    name: str, profile: Profile, summary: dict, total: int, done: int, hours: dict, command: str, machine, precision
+):
     def cell(entry, metric, best):
         if entry is None:
             return "pending"
@@ -200,7 +214,7 @@ def markdown(name: str, profile: Profile, summary: dict, total: int, done: int, 
 
     tasks = ", ".join(profile.tasks)
     lines = [
-        f"# Calibration of fine-tuning methods — profile `{name}` (SmolLM2-135M, dequantized 4-bit GGUF, fp32)",
+        f"# Calibration of fine-tuning methods — profile `{name}` (SmolLM2-135M, dequantized 4-bit GGUF, {precision})",
         "",
         f"Profile `{name}` ({profile.note}): {profile.steps} steps × batch {profile.batch_size}, "
         f"max length {profile.max_length}, "
@@ -271,15 +285,17 @@ def _train_sizes(profile: Profile) -> dict[str, int]:
     return {t: len(get_task(t).load("train")) - profile.calibration_size for t in profile.tasks}
 
 
-def recorded_cells(name: str, profile: Profile) -> dict:
-    """The cells of ``benchmarks/results/calibration_<name>.json`` if it was written with this same profile."""
-    path = RESULTS / f"calibration_{name}.json"
+def recorded_cells(name: str, profile: Profile, precision: str) -> dict:
+    """The cells of ``benchmarks/results/calibration_<name>.json`` if it was written with this same profile and
+    precision (results written before the precision option are fp32)."""
+    path = RESULTS / f"calibration_{run_name(name, precision)}.json"
     if not path.exists():
         return {}
     recorded = json.loads(path.read_text())
     settings = {k: v for k, v in recorded["profile"].items() if k not in ("name", "note")}
     current = {k: v for k, v in asdict(profile).items() if k != "note"}
-    return recorded["cells"] if settings == current else {}
+    same_precision = recorded.get("precision", "fp32") == resolved_name(precision)
+    return recorded["cells"] if settings == current and same_precision else {}
 
 
 def main() -> None:
@@ -296,13 +312,14 @@ def main() -> None:
         help="retrain selected cells recorded in the results whose run folder is missing here (ood.py needs the "
         "runs) and say whether they reproduce the recorded metrics",
     )
+    add_precision_argument(parser, "every cell")
     parser.add_argument("--worker", nargs=3, metavar=("TASK", "SEED", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     profile = PROFILES[args.profile]
-    runs = Path(args.runs or f"runs/calibration/{args.profile}")
+    runs = Path(args.runs or f"runs/calibration/{run_name(args.profile, args.precision)}")
     if args.worker:
         task, seed, method = args.worker
-        print(json.dumps(worker(profile, task, int(seed), method, runs, args.model)))
+        print(json.dumps(worker(profile, task, int(seed), method, runs, args.model, args.precision)))
         return
 
     from tqdm.auto import tqdm
@@ -319,7 +336,7 @@ def main() -> None:
             raise SystemExit(f"{key} refines {source}: add --methods {source!r}")
     # every finished cell of the profile, also those outside this invocation's selection: first those recorded in
     # the committed results (the run folders are not committed), then those in the run folders
-    cells = recorded_cells(args.profile, profile)
+    cells = recorded_cells(args.profile, profile, args.precision)
     for path in sorted(runs.glob("*/seed*/*/cell.json")):
         entry = json.loads(path.read_text())
         cells[entry["key"]] = entry
@@ -333,7 +350,12 @@ def main() -> None:
         recorded = cells.get(key)
         bar.set_postfix_str(key)
         start = time.perf_counter()
-        flags = [f"--profile={args.profile}", f"--runs={runs}", f"--model={args.model}"]
+        flags = [
+            f"--profile={args.profile}",
+            f"--runs={runs}",
+            f"--model={args.model}",
+            f"--precision={args.precision}",
+        ]
         result = run_worker(__file__, *flags, "--worker", task, seed, method)
         entry = {"key": key, "wall_s": time.perf_counter() - start, **result}
         if recorded:  # the table's cell time stays the first measurement's; the rebuild's is kept beside it
@@ -341,7 +363,7 @@ def main() -> None:
         claim(folder, "cell.json")  # the run folder's marker lists it: --overwrite removes it with the run
         atomic_write_json(folder / "cell.json", entry)
         cells[key] = entry
-        write_results(args.profile, profile, cells)  # after every cell: a killed session loses no finished cell
+        write_results(args.profile, profile, cells, args.precision)  # after every cell: a killed session loses none
         m = result["metrics"]
         tqdm.write(
             f"{key}: acc {m['cls/acc']:.4f} ece {m['cal/ece']:.4f} nll {m['cls/nll']:.4f} "
@@ -350,22 +372,25 @@ def main() -> None:
         if recorded:
             worst = max(abs(recorded["metrics"][k] - m[k]) for k in METRICS)
             tqdm.write(f"  rebuilt: largest difference to the recorded ACC/ECE/NLL {worst:.2e}")
-    print(write_results(args.profile, profile, cells))
+    print(write_results(args.profile, profile, cells, args.precision))
 
 
-def write_results(name: str, profile: Profile, cells: dict) -> str:
+def write_results(name: str, profile: Profile, cells: dict, precision: str) -> str:
     """Write the results JSON and Markdown table of every finished cell; returns the table."""
     from polar_vbll.atomic import atomic_write_json, atomic_write_text
 
     summary = summarize(cells, profile)
     machine = machine_info()
-    command = f"python benchmarks/calibration.py --profile {name}"
+    resolved = resolved_name(precision)
+    command = f"python benchmarks/calibration.py --profile {name} --precision {resolved}"
+    stem = run_name(name, precision)
     total = len(profile.tasks) * len(profile.seeds) * len(METHODS)
     hours = cell_hours(cells)
     atomic_write_json(
-        RESULTS / f"calibration_{name}.json",
+        RESULTS / f"calibration_{stem}.json",
         {
             "command": command,
+            "precision": resolved,
             "profile": {"name": name, **asdict(profile)},
             "methods": {
                 m: {"adapter": a, "uq": u, "refines": s, "post_hoc": p, "options": o}
@@ -378,8 +403,8 @@ def write_results(name: str, profile: Profile, cells: dict) -> str:
         },
     )
     done = sum(map(in_main_table, cells))
-    text = markdown(name, profile, summary, total, done, hours, command, machine)
-    atomic_write_text(RESULTS / f"calibration_{name}.md", text)
+    text = markdown(name, profile, summary, total, done, hours, command, machine, resolved)
+    atomic_write_text(RESULTS / f"calibration_{stem}.md", text)
     return text
 
 

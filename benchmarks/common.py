@@ -66,6 +66,17 @@ def write_results(stem: Path, data: dict, lines: list[str], machine: dict, comma
     return text
 
 
+def add_precision_argument(parser, what: str) -> None:
+    """``--precision fp32|bf16|auto`` (default auto: bf16 where the CPU has it) of a benchmark; ``what`` it sets."""
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="auto",
+        help=f"compute precision of {what} (default %(default)s); a bf16 profile's results and runs are named "
+        "<profile>_bf16",
+    )
+
+
 def run_worker(script: str, *args: str) -> dict:
     """Run ``script *args`` in a fresh Python process; its last stdout line is the JSON result."""
     out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)

@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from calibration import METHODS, PROFILES, cell_dir  # noqa: E402
-from common import RESULTS, footer, machine_info, run_worker  # noqa: E402
+from calibration import METHODS, PROFILES, cell_dir, run_name  # noqa: E402
+from common import RESULTS, add_precision_argument, footer, machine_info, run_worker  # noqa: E402
+
+from polar_vbll.models.precision import resolved_name  # noqa: E402
 
 ID_TASK = "obqa"
 OOD_TASKS = ["arc_c", "arc_e", "mmlu_chem", "mmlu_phys"]
@@ -108,7 +110,8 @@ def markdown(profile: str, limit, rows: dict, missing: list[str], command: str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=list(PROFILES), default="cpu-quick")
-    parser.add_argument("--runs", help="the calibration benchmark's cell folders (default runs/calibration/<profile>)")
+    parser.add_argument("--runs", help="the calibration benchmark's cell folders (default runs/calibration/<name>)")
+    add_precision_argument(parser, "the calibration runs it evaluates")
     parser.add_argument("--limit", type=int, help="first N examples of the ID set and of each OOD set")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="evaluate only these (the table keeps all)")
     parser.add_argument("--train", action="store_true", help="train the missing OBQA runs first")
@@ -129,9 +132,10 @@ def main() -> None:
     from polar_vbll.atomic import atomic_write_json, atomic_write_text
     from polar_vbll.outputs import claim
 
-    runs = Path(args.runs or f"runs/calibration/{args.profile}")
+    name = run_name(args.profile, args.precision)
+    runs = Path(args.runs or f"runs/calibration/{name}")
     seed = PROFILES[args.profile].seeds[0]
-    results = RESULTS / f"ood_{args.profile}.json"
+    results = RESULTS / f"ood_{name}.json"
     recorded = json.loads(results.read_text()) if results.exists() else {}
     recorded = recorded.get("rows", {}) if recorded.get("limit") == args.limit else {}  # the runs aren't committed
 
@@ -148,7 +152,8 @@ def main() -> None:
         needed = training_needed([m for m in selected if not evaluated(m)])
         if needed:
             calibration = str(Path(__file__).parent / "calibration.py")
-            flags = [f"--profile={args.profile}", f"--runs={runs}", "--rebuild-runs", "--tasks", ID_TASK]
+            flags = [f"--profile={args.profile}", f"--runs={runs}", f"--precision={args.precision}", "--rebuild-runs"]
+            flags += ["--tasks", ID_TASK]
             subprocess.run([sys.executable, calibration, *flags, "--methods", *needed], check=True)
     rows, missing = {}, []
     for method in tqdm(METHODS, desc=f"ood {args.profile}"):
@@ -169,13 +174,14 @@ def main() -> None:
         mean = statistics.mean(rows[method]["ood"][t]["detection"][best]["ood/auroc"] for t in OOD_TASKS)
         tqdm.write(f"{method}: best criterion {best}, mean AUROC {mean:.3f} ({rows[method]['wall_s']:.0f} s)")
     machine = machine_info()
-    command = f"python benchmarks/ood.py --profile {args.profile}" + (f" --limit {args.limit}" if args.limit else "")
+    command = f"python benchmarks/ood.py --profile {args.profile} --precision {resolved_name(args.precision)}"
+    command += f" --limit {args.limit}" if args.limit else ""
     atomic_write_json(
         results,
         {"command": command, "profile": args.profile, "limit": args.limit, "machine": machine, "rows": rows},
     )
-    text = markdown(args.profile, args.limit, rows, missing, command, machine)
-    atomic_write_text(RESULTS / f"ood_{args.profile}.md", text)
+    text = markdown(name, args.limit, rows, missing, command, machine)
+    atomic_write_text(RESULTS / f"ood_{name}.md", text)
     print(text)
 
 

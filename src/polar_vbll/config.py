@@ -66,6 +66,16 @@ class FitConfig:
     head_steps: int = _help("head-only steps per alternating cycle (adapter fixed; no backbone backward)", 1)
     adapter_steps: int = _help("adapter steps per alternating cycle (head fixed)", 1)
     seed: int = _help("seed of initialization, data order and sampling", 0)
+    precision: Literal["fp32", "bf16", "auto"] = _help(
+        "compute precision of the backbone's forward and backward passes: bf16 autocast keeps adapters, head, "
+        "optimizer states and curvature in fp32; auto = bf16 where the device has native bf16 (a run records which)",
+        "fp32",
+    )
+    base_dtype: Literal["fp32", "bf16"] | None = _help(
+        "storage dtype of the frozen base Linear weights (default: bf16 under bf16 compute, as autocast would cast "
+        "them to it on every pass, except for adapters that train base weights such as LISA; else as loaded)",
+        None,
+    )
     train_limit: int | None = _help("use only the first N training examples", None)
     eval_split: str | None = _help("split for the final report (default: the task's evaluation split)", None)
     eval_limit: int | None = _help("evaluate only the first N examples", None)
@@ -110,6 +120,12 @@ class FitConfig:
                 f"FitConfig.optimizer: {self.adapter.method} needs geoopt or landing (adamw ignores the manifold)"
             )
         check_capabilities(self.adapter.method, method.requires(self.uq), f"uq '{self.uq.method}'")
+        if self.base_dtype == "bf16":
+            if self.precision == "fp32":
+                raise ConfigFieldError("FitConfig", "base_dtype", "bf16 needs precision bf16 (or auto), got fp32")
+            if adapter.layer is None:
+                trains = f"{self.adapter.method} trains the base's own"
+                raise ConfigFieldError("FitConfig", "base_dtype", f"bf16 stores frozen weights; {trains}")
         if self.alternate is None:
             self.alternate = method.alternates
         for name in ("steps", "batch_size", "max_length", "eval_batch_size", "laplace_samples", "calibration_size"):

@@ -100,8 +100,11 @@ def evaluate(
     out: str | Path | None = None,
     progress: bool = True,
     command: str | None = None,
+    precision: str | None = None,
 ) -> EvalResult:
     """Score ``task``'s ``split`` (default: the task's evaluation split) zero-shot with ``model``.
+
+    ``precision``: compute in ``fp32``, ``bf16`` or ``auto`` (default: fp32, or the given backbone's).
 
     ``limit`` keeps the first N examples. With ``out``, writes ``report.json`` and ``report.md`` there (the folder
     is checked before the model loads: new, empty, or an earlier evaluation's, whose files it replaces).
@@ -120,6 +123,8 @@ def evaluate(
         prepare_output(out, OutputKind.EVALUATION)
     start = time.perf_counter()
     backbone = model if isinstance(model, Backbone) else load_backbone(model)
+    if precision is not None:
+        backbone.set_precision(precision)
     loaded = time.perf_counter()
     probs, stats = predict_probs(backbone, spec, items, batch_size, max_length, progress=progress)
     scored = time.perf_counter()
@@ -133,7 +138,14 @@ def evaluate(
         probs=probs,
         labels=labels,
         metrics={**classification_metrics(probs, labels, n_bins), **selective_metrics(probs, labels)},
-        settings={"batch_size": batch_size, "max_length": max_length, "limit": limit, "n_bins": n_bins, **stats},
+        settings={
+            "batch_size": batch_size,
+            "max_length": max_length,
+            "limit": limit,
+            "n_bins": n_bins,
+            "precision": str(backbone.precision),
+            **stats,
+        },
         timings={"load_s": loaded - start, "score_s": scored - loaded},
     )
     if out is not None:
@@ -156,6 +168,7 @@ def evaluate(
                 spec.template.name,
             ]
             args += ["--limit", str(limit)] if limit else []
+            args += ["--precision", str(backbone.precision)] if backbone.precision != "fp32" else []
             command = shlex.join(args + ["--out", str(out)])
         from .report import plots
 

@@ -37,10 +37,13 @@ def test_calibration_summary_means_stds_best_and_pending():
     assert "obqa" not in summary
     hours = calibration.cell_hours(cells)
     assert hours["methods"] == pytest.approx(3 * 360 / 3600) and hours["ablations"] == pytest.approx(360 / 3600)
-    text = calibration.markdown("test", profile, summary, 40, 3, hours, "cmd", _machine())
+    text = calibration.markdown("test", profile, summary, 40, 3, hours, "cmd", _machine(), "bf16")
     ece_table = text.split("## ECE")[1].split("## NLL")[0]
     assert "| MAP | 0.150 ± 0.071 | pending |" in ece_table and "| TS | **0.050** | pending |" in ece_table
     assert "Cells finished: 3 of 40 (0.30 h of cell time; ablations 0.10 h more)" in text and "profile `test`" in text
+    assert text.startswith(
+        "# Calibration of fine-tuning methods — profile `test` (SmolLM2-135M, dequantized 4-bit GGUF, bf16)"
+    )
     assert "| PoLAR-VBLL joint | 0.700 / 0.010 / 0.300 |" in text  # ablations: own table, never "best"
     assert "**0.010**" not in text and "**0.300**" not in text
 
@@ -70,21 +73,27 @@ def test_gpu_throughput_step_runs_on_a_tiny_bf16_model(method):
     assert set(result["phases"]) == phases and result["tokens_per_s"] > 0 and result["flops_per_s"] > 0
 
 
-def test_calibration_keeps_the_cells_recorded_with_the_same_profile(tmp_path, monkeypatch):
+def test_calibration_keeps_the_cells_recorded_with_the_same_profile_and_precision(tmp_path, monkeypatch):
     from dataclasses import asdict, replace
 
     monkeypatch.setattr(calibration, "RESULTS", tmp_path)
     profile = calibration.PROFILES["smoke"]
     cells = {"sst2/0/MAP": _cell("sst2/0/MAP", 0.8, 0.1, 0.4)}
-    assert calibration.recorded_cells("smoke", profile) == {}
-    text = calibration.write_results("smoke", profile, cells)  # what main writes after every finished cell
+    assert calibration.recorded_cells("smoke", profile, "fp32") == {}
+    text = calibration.write_results("smoke", profile, cells, "fp32")  # what main writes after every finished cell
     assert "Cells finished: 1 of 20" in text and (tmp_path / "calibration_smoke.md").read_text() == text
-    assert calibration.recorded_cells("smoke", profile) == cells
-    recorded = {"profile": {"name": "smoke", **asdict(profile)}, "cells": cells}
+    assert "--precision fp32" in text
+    assert calibration.recorded_cells("smoke", profile, "fp32") == cells
+    assert calibration.recorded_cells("smoke", profile, "bf16") == {}  # another file, not yet written
+    calibration.write_results("smoke", profile, {}, "bf16")
+    assert json.loads((tmp_path / "calibration_smoke_bf16.json").read_text())["precision"] == "bf16"
+    assert calibration.recorded_cells("smoke", profile, "fp32") == cells  # the fp32 table is untouched
+    recorded = {"profile": {"name": "smoke", **asdict(profile)}, "cells": cells}  # written before precision existed
     (tmp_path / "calibration_smoke.json").write_text(json.dumps(recorded))
-    assert calibration.recorded_cells("smoke", profile) == cells
-    assert calibration.recorded_cells("smoke", replace(profile, note="reworded")) == cells
-    assert calibration.recorded_cells("smoke", replace(profile, steps=profile.steps + 1)) == {}
+    assert calibration.recorded_cells("smoke", profile, "fp32") == cells
+    assert calibration.recorded_cells("smoke", replace(profile, note="reworded"), "fp32") == cells
+    assert calibration.recorded_cells("smoke", replace(profile, steps=profile.steps + 1), "fp32") == {}
+    assert calibration.run_name("smoke", "fp32") == "smoke" and calibration.run_name("smoke", "bf16") == "smoke_bf16"
 
 
 def test_ood_trains_only_what_is_not_evaluated_and_the_runs_it_refines():

@@ -51,6 +51,31 @@ def log_lines(run):
     return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
 
 
+def assert_resume_is_exact(run_config: FitConfig, tmp_path, kill_at: int):
+    """Train ``run_config`` straight through, and again interrupted after step ``kill_at`` and resumed: the logs,
+    metrics and adapter weights must be identical. Returns the resumed run."""
+    full = fit(run_config, tmp_path / "full", progress=False)
+
+    def kill(step, logs):
+        if step == kill_at:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(run_config, tmp_path / "killed", progress=False, callbacks=[kill])
+    resumed = fit(out=tmp_path / "killed", resume=True, progress=False)
+    assert resumed.report["metrics"] == full.report["metrics"]
+
+    def without_seconds(run):  # wall-clock seconds (head_solve_s) differ from run to run
+        return [{k: v for k, v in line.items() if not k.endswith("_s")} for line in log_lines(run)]
+
+    assert without_seconds(tmp_path / "killed") == without_seconds(tmp_path / "full")
+    expected = adapter_state_dict(full.backbone.model)
+    assert adapter_state_dict(resumed.backbone.model).keys() == expected.keys()
+    for key, value in adapter_state_dict(resumed.backbone.model).items():
+        assert torch.equal(value, expected[key]), key
+    return resumed
+
+
 def test_polar_vbll_run_folder_and_alternation(tiny_dir, task_dir, tmp_path):
     backbone = load_backbone(str(tiny_dir))
     snapshots = []

@@ -8,7 +8,7 @@ import torch
 from polar_vbll.adapters import adapter_state_dict
 from polar_vbll.engine import FitConfig, evaluate_run, fit
 from polar_vbll.errors import PolarVBLLError
-from tests.engine.test_fit import config, log_lines, task_dir  # noqa: F401  (fixture)
+from tests.engine.test_fit import assert_resume_is_exact, config, log_lines, task_dir  # noqa: F401  (fixture)
 
 OPTIONS = {
     "pissa": {},
@@ -39,21 +39,7 @@ def test_adapter_with_head_trains_and_reloads_to_its_report(adapter, uq, tiny_di
 @pytest.mark.parametrize("adapter", ["corda", "s2ft", "lisa"])
 def test_resume_is_exact(adapter, tiny_dir, task_dir, tmp_path):  # noqa: F811
     options = {"adapter": adapter, "uq": "map", **OPTIONS[adapter]}
-    full = fit(config(tiny_dir, task_dir, **options), tmp_path / "full", progress=False)
-
-    def kill_at_five(step, logs):
-        if step == 5:
-            raise KeyboardInterrupt("killed")
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(config(tiny_dir, task_dir, **options), tmp_path / "killed", progress=False, callbacks=[kill_at_five])
-    resumed = fit(out=tmp_path / "killed", resume=True, progress=False)
-    assert resumed.report["metrics"] == full.report["metrics"]
-    assert log_lines(tmp_path / "killed") == log_lines(tmp_path / "full")
-    expected = adapter_state_dict(full.backbone.model)
-    assert adapter_state_dict(resumed.backbone.model).keys() == expected.keys()
-    for key, value in adapter_state_dict(resumed.backbone.model).items():
-        assert torch.equal(value, expected[key]), key
+    assert_resume_is_exact(config(tiny_dir, task_dir, **options), tmp_path, kill_at=5)
 
 
 def test_adapter_options_reach_the_adapter_and_are_validated():

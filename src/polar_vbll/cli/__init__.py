@@ -43,6 +43,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_precision_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--precision fp32|bf16|auto`` (:mod:`polar_vbll.models.precision`)."""
+    from ..models.precision import Precision
+
+    parser.add_argument("--precision", choices=[p.value for p in Precision], help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..models import DEFAULT_MODEL
 
@@ -105,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["adapter", "last_layer"],
         help="Laplace-LoRA weights (default: the adapter's and the head's)",
     )
+    add_precision_flag(p, "compute precision of the post-hoc steps and the evaluation (default: the run's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_refine)
@@ -137,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TASK",
         help="with RUN_DIR: an out-of-distribution task to detect against the ID split (repeatable)",
     )
+    add_precision_flag(p, "compute precision (default: a run's own; fp32 zero-shot)")
     p.add_argument("--out", help="folder for report.json and report.md")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)

@@ -162,6 +162,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             ood=args.ood or (),
             progress=not args.quiet,
             command=shlex.join(["polar-vbll", *args.argv]),
+            precision=args.precision,
         )
         for name, entry in report.get("ood", {}).items():
             best = entry["best_criterion"]
@@ -191,6 +192,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         out=args.out,
         progress=not args.quiet,
         command=shlex.join(["polar-vbll", *args.argv]),
+        precision=args.precision,
     )
     print(
         f"\n{result.task} / {result.split}: {result.n} examples, model {result.model['name']}, "
@@ -227,6 +229,7 @@ def cmd_refine(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         progress=not args.quiet,
         command=shlex.join(["polar-vbll", *args.argv]),
+        precision=args.precision,
         **options,
     )
     report = result.report

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from ..adapters import ADAPTERS, inject_adapters
@@ -17,13 +19,15 @@ from .prepare import TrainingInputs
 def build_components(
     config: FitConfig, backbone: Backbone | None = None, n_train: int | None = None, restore: bool = False
 ):
-    """Backbone with the adapter injected, the task, its label ids and the head, as ``config`` says.
+    """Backbone with the adapter injected, the task, its label ids and the head, as ``config`` says; the backbone
+    computes in ``config.precision`` (``backbone.precision`` holds it resolved).
 
     ``restore=True``: the adapter will be loaded from a run, so data-dependent initialization (CorDA's covariances,
     PiSSA's SVD, S2FT's permutation) is skipped.
     """
     torch.manual_seed(config.seed)
     backbone = backbone or load_backbone(config.model)
+    backbone.set_precision(config.precision)
     # a new fit has refused an ambiguous task name already (_check_inputs); a saved one meant the bundled task
     task = get_task(config.task, config.template, registered_first=True)
     label_ids = label_token_ids(backbone.tokenizer, task.label_words(), task.name)
@@ -40,8 +44,21 @@ def build_components(
         data = layer.prepare(backbone.model, adapter, TrainingInputs(backbone, config))
     assert isinstance(adapter, TunerConfig)  # FitConfig resolved it through ADAPTERS
     inject_adapters(backbone.model, adapter, restore=restore, members=method.members(config.uq), **data)
+    stored_as = base_dtype(config, backbone)
+    if stored_as is not None and not restore:  # a restored adapter may rewrite the base: load_run converts after it
+        backbone.set_base_dtype(stored_as)
     head.attach(backbone)
     return backbone, task, head
+
+
+def base_dtype(config: FitConfig, backbone: Backbone) -> Literal["fp32", "bf16"] | None:
+    """The storage dtype of the frozen base weights, or None to keep them as loaded: the config's, else bf16 under
+    bf16 compute for adapters that leave the base frozen (autocast casts the weights to bf16 on every pass anyway:
+    storing them so changes no number and saves the casts); model tuners (LISA) train base layers, so not them."""
+    if config.base_dtype is not None:
+        return config.base_dtype
+    frozen_base = ADAPTERS.get(config.adapter.method).layer is not None
+    return "bf16" if frozen_base and backbone.precision == "bf16" else None
 
 
 def training_items(task: TaskSpec, config: FitConfig) -> tuple[list, list]:

@@ -37,7 +37,8 @@ def save_head(head: UQHead, path: Path) -> None:
 def load_head(head: UQHead, path: Path, refit: bool = False) -> None:
     """Load a saved head; ``refit=True`` allows buffers the saved head lacks (a posterior about to be fitted)."""
     state = load_tensors(path, "head")
-    state.setdefault("temperature", torch.ones(()))  # runs written before temperature scaling existed
+    for key, value in head.state_defaults().items():  # tensors an earlier version did not save
+        state.setdefault(key, value)
     expected = head.state_dict()
     problems = [f"unexpected {k}" for k in sorted(set(state) - set(expected))]
     problems += [f"missing {k}" for k in sorted(set(expected) - set(state)) if not refit]

@@ -70,6 +70,8 @@ def _run_report(config, backbone, task, evaluation, out, command, trainable, tot
             "trainable_parameters": trainable,
             "total_parameters": total,
             "resumed_at_step": start_step,
+            "precision": config.precision,
+            "base_dtype": backbone.base_dtype,
         },
         diagnostics=adapter_diagnostics(backbone.model),
         timings={"train_s": train_s, "eval_s": evaluation["eval_s"]},

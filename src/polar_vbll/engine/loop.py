@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,10 +26,11 @@ from ..config import FitConfig
 from ..data import encoded_batches, get_task
 from ..errors import PolarVBLLError
 from ..models import Backbone, resolve_model
+from ..models.precision import resolved_name
 from ..optim import build_optimizer
 from ..outputs import OutputKind, claim, prepare_output
 from ..posthoc import check_post_hoc
-from .build import build_components, training_items
+from .build import base_dtype, build_components, training_items
 from .checkpoint import (
     FitInterrupted,
     interrupted_message,
@@ -38,6 +40,7 @@ from .checkpoint import (
     truncate_log,
 )
 from .finish import finish_run
+from .head_phase import head_phase
 from .result import FitResult
 from .schedule import batch_indices, phase_of, warmup_linear
 
@@ -77,6 +80,8 @@ def fit(
         _check_inputs(config)  # before --overwrite removes anything
         prepare_output(out, OutputKind.RUN, overwrite=overwrite)
     backbone, task, head = build_components(config, backbone)
+    if config.precision != backbone.precision or config.base_dtype is None:  # the run records what it computes in
+        config = replace(config, precision=resolved_name(backbone.precision), base_dtype=base_dtype(config, backbone))
     items, held_out = training_items(task, config)
     adapter_params = adapter_parameters(backbone.model)
     tuner = model_tuner(backbone.model)
@@ -109,8 +114,12 @@ def fit(
     )
     train_start = time.perf_counter()
     step = start_step
+    solve_every = head.solve_every  # an exact head phase replaces the stochastic head steps
     try:
         for step in bar:
+            solved = {}
+            if solve_every and step % solve_every == 0:
+                solved = head_phase(backbone, head, task, items, config, step)
             backbone.train()
             head.train()
             idx = batch_indices(step, config.batch_size, len(items), config.seed)
@@ -118,7 +127,7 @@ def fit(
             _, batch = next(
                 encoded_batches(backbone.tokenizer, task, chosen, config.max_length, len(idx), sort_by_length=False)
             )
-            phase = phase_of(step, config)
+            phase = "adapter" if solve_every else phase_of(step, config)
             if tuner is not None:
                 tuner.on_step(step, adapter_opt)
             factor = schedule(step)
@@ -145,6 +154,7 @@ def fit(
                 "acc_running": correct / seen,
                 "lr_adapter": config.lr_adapter * factor,
                 "lr_head": config.lr_head * factor,
+                **solved,
             }
             if config.log_every and (step + 1) % config.log_every == 0:
                 logs.update(adapter_diagnostics(backbone.model))
@@ -166,6 +176,9 @@ def fit(
         raise FitInterrupted(interrupted_message(out, step, checkpoint_step, config)) from None
     bar.close()
     try:
+        extra = {}
+        if solve_every:  # the head solved on the final adapter's features
+            extra["head_phase"] = head_phase(backbone, head, task, items, config, config.steps)
         return finish_run(
             config,
             backbone,
@@ -178,6 +191,7 @@ def fit(
             start_step=start_step,
             command=command,
             progress=progress,
+            extra=extra,
         )
     except KeyboardInterrupt:
         raise FitInterrupted(interrupted_message(out, config.steps, config.steps, config)) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from ..adapters import load_adapter_state
@@ -10,11 +11,12 @@ from ..atomic import atomic_write_json
 from ..config import FitConfig
 from ..errors import PolarVBLLError
 from ..models import load_backbone
+from ..models.precision import resolved_name
 from ..outputs import OutputKind, claim, prepare_output
 from ..posthoc import ordered_steps
 from ..stored import load_tensors, read_json, tensor_metadata
 from ..uq import UQ_METHODS
-from .build import build_components, training_items
+from .build import base_dtype, build_components, training_items
 from .checkpoint import load_head
 from .finish import finish_run
 from .predictions import Predictions, predict_with
@@ -34,22 +36,34 @@ def read_run(run_dir: Path) -> tuple[FitConfig, dict]:
     return config, report
 
 
-def load_run(run_dir: str | Path, config: FitConfig | None = None) -> FitResult:
+def load_run(run_dir: str | Path, config: FitConfig | None = None, precision: str | None = None) -> FitResult:
     """Backbone with the trained adapter, the trained head and the task of a run folder (written by ``fit``).
 
-    ``config``: build the head of this config instead of the run's (``refine``: a posterior still to be fitted).
+    ``config``: build the head of this config instead of the run's (``refine``: a posterior still to be fitted);
+    ``precision``: compute in ``fp32``, ``bf16`` or ``auto`` instead of the precision the run trained in.
     """
     run_dir = Path(run_dir)
     saved, report = read_run(run_dir)
+    if precision is not None:
+        config = with_precision(config or saved, precision)
     adapter_file = run_dir / "adapter" / "adapter_model.safetensors"
     tensor_metadata(adapter_file, "adapter weights")  # a missing or truncated file fails before the model loads
     tensor_metadata(run_dir / "head.safetensors", "head")
     backbone, task, head = build_components(config or saved, load_backbone(saved.model), restore=True)
     load_adapter_state(backbone.model, load_tensors(adapter_file, "adapter weights"), str(adapter_file))
+    stored_as = base_dtype(config or saved, backbone)
+    if stored_as is not None:  # as fit stored it, after the adapter rewrote it
+        backbone.set_base_dtype(stored_as)
     load_head(head, run_dir / "head.safetensors", refit=config is not None)
     backbone.eval()
     head.eval()
     return FitResult(run_dir, report, config or saved, backbone, head, task)
+
+
+def with_precision(config: FitConfig, precision: str) -> FitConfig:
+    """``config`` computing in ``precision`` (resolved for the CPU), with the base weights stored as that
+    precision implies (see :func:`~polar_vbll.engine.build.base_dtype`)."""
+    return replace(config, precision=resolved_name(precision), base_dtype=None)
 
 
 def refined_config(config: FitConfig, temperature_scaling: bool = False, laplace: bool = False, **options):
@@ -115,16 +129,20 @@ def refine(
     overwrite: bool = False,
     progress: bool = True,
     command: str | None = None,
+    precision: str | None = None,
     **options,
 ) -> FitResult:
     """A post-hoc method on a finished run, without retraining, written as a new run folder ``out``.
 
     The result equals ``fit`` of :func:`refined_config` (same weights, same post-hoc steps): MAP → Laplace-LoRA or
-    temperature scaling, VBLL → + last-layer Laplace and/or a temperature.
+    temperature scaling, VBLL → + last-layer Laplace and/or a temperature. ``precision``: compute the post-hoc
+    steps and the evaluation in ``fp32``, ``bf16`` or ``auto`` (default: the run's).
     """
     run_dir, out = Path(run_dir), Path(out)
     saved, source_report = read_run(run_dir)
     config = refined_config(saved, temperature_scaling, laplace, **options)
+    if precision is not None:
+        config = with_precision(config, precision)
     if out.resolve() == run_dir.resolve():
         raise PolarVBLLError(f"refine: --out must differ from the run folder {run_dir}")
     prepare_output(out, OutputKind.RUN, overwrite=overwrite)

@@ -24,17 +24,19 @@ def evaluate_run(
     ood: list[str] | tuple = (),
     progress: bool = True,
     command: str | None = None,
+    precision: str | None = None,
 ) -> dict:
     """Metrics of a trained run on ``task`` (default: its own), and OOD detection against each task in ``ood``.
 
     Tasks must answer with the run's label words; for lettered tasks with more choices than the run has classes
     (ARC has 3-5 under an OBQA-trained 4-class head), the items with too many choices are dropped and counted.
+    ``precision``: compute in ``fp32``, ``bf16`` or ``auto`` (default: the precision the run trained in).
     """
     if limit is not None and limit < 1:
         raise PolarVBLLError(f"limit: must be >= 1 (leave it unset for all), got {limit}")
     if out is not None:
         prepare_output(out, OutputKind.EVALUATION)
-    run = load_run(run_dir)
+    run = load_run(run_dir, precision=precision)
     config = run.config
     target = get_task(task, config.template) if task else run.task
     target.check_answers_like(run.task)
@@ -44,6 +46,8 @@ def evaluate_run(
     sections = {k: v for k, v in recorded.sections.items() if not k.startswith("ood")}
     report = replace(
         recorded,
+        model={**recorded.model, "precision": str(run.backbone.precision)},
+        settings={**recorded.settings, "precision": config.precision, "base_dtype": run.backbone.base_dtype},
         task=evaluation["task"],
         split=evaluation["split"],
         n=evaluation["n"],

@@ -1,6 +1,7 @@
 """Metrics with namespaced keys: ``cls/`` (classification), ``cal/`` (calibration), ``sel/`` (selective
 prediction), ``ood/`` (out-of-distribution detection)."""
 
+from .bootstrap import paired_bootstrap
 from .calibration import (
     accuracy,
     adaptive_ece,
@@ -28,6 +29,7 @@ __all__ = [
     "mce",
     "nll",
     "ood_metrics",
+    "paired_bootstrap",
     "risk_coverage",
     "selective_metrics",
 ]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import PolarVBLLError, first_line
+from .precision import DTYPES, Precision, resolve_precision
 from .sources import DEFAULT_MODEL, EMBEDDED_MODELS, prepare_embedded, prepare_gguf, resolve_model
 
 
@@ -32,8 +33,56 @@ class Backbone(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.name, self.source, self.note = name, source, note
+        #: the compute precision of forward and backward passes (:mod:`polar_vbll.models.precision`)
+        self.precision = Precision.FP32
+        #: the attention implementation the model came with (bf16 on a CPU switches to eager, see set_precision)
+        self.default_attention = getattr(model.config, "_attn_implementation", None)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token  # features use the attention mask, not pad ids
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def set_precision(self, precision: str) -> Precision:
+        """Compute in ``precision`` from now on (``auto`` resolved for this backbone's device); returns it.
+
+        bf16 on a CPU also switches attention to the eager implementation: PyTorch's CPU flash-attention backward
+        ran 7x slower in bf16 than in fp32 (benchmarks/precision.py), while eager attention's bf16 matmuls are fast.
+        """
+        self.precision = resolve_precision(precision, self.device)
+        eager = self.precision is Precision.BF16 and self.device.type == "cpu"
+        attention = "eager" if eager else self.default_attention
+        if attention is not None and getattr(self.model.config, "_attn_implementation", None) != attention:
+            self.model.set_attn_implementation(attention)
+        return self.precision
+
+    @property
+    def base_dtype(self) -> str:
+        """The storage dtype of the frozen base Linear weights of the decoder (``fp32``, ``bf16``, ...)."""
+        names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+        for module in self.decoder.modules():
+            if isinstance(module, nn.Linear) and not module.weight.requires_grad:
+                return names.get(module.weight.dtype, str(module.weight.dtype).removeprefix("torch."))
+        return names.get(next(self.model.parameters()).dtype, "fp32")
+
+    @torch.no_grad()
+    def set_base_dtype(self, dtype: str) -> None:
+        """Store the frozen weights of the decoder's ``nn.Linear`` modules in ``dtype`` (``fp32`` or ``bf16``).
+
+        Trained parameters (adapters, LISA's layers) keep their dtype; bf16 storage needs bf16 compute, since an
+        fp32 matmul refuses bf16 weights.
+        """
+        target = DTYPES[Precision(dtype)]
+        if target != torch.float32 and self.precision is not Precision(dtype):
+            raise PolarVBLLError(
+                f"base_dtype {dtype}: needs precision {dtype}, the backbone computes in {self.precision}"
+            )
+        for module in self.decoder.modules():
+            if isinstance(module, nn.Linear) and not module.weight.requires_grad:
+                module.weight.data = module.weight.data.to(target)
+                if module.bias is not None and not module.bias.requires_grad:
+                    module.bias.data = module.bias.data.to(target)
 
     @property
     def hidden_size(self) -> int:
@@ -51,9 +100,11 @@ class Backbone(nn.Module):
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Final hidden states (B, T, d). Positions count real tokens only, so left padding changes nothing."""
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.decoder(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        )
+        bf16 = self.precision is Precision.BF16
+        with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = self.decoder(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            )
         return out.last_hidden_state
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -77,6 +128,8 @@ class Backbone(nn.Module):
             "source": self.source,
             "parameters": n_params,
             "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "precision": str(self.precision),
+            "base_dtype": self.base_dtype,
             "note": self.note,
         }
 

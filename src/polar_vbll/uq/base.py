@@ -40,6 +40,28 @@ class UQHead(nn.Module, abc.ABC):
     def attach(self, backbone) -> None:  # noqa: B027 (optional hook)
         """Called once the adapter is injected: methods that act on the adapter (MC dropout, ensembles) hook in."""
 
+    def state_defaults(self) -> dict[str, torch.Tensor]:
+        """Tensors a head saved by an earlier version may lack, with the value they then had."""
+        return {"temperature": torch.ones(())}  # runs written before temperature scaling existed
+
+    @property
+    def solve_every(self) -> int | None:
+        """An exact head phase (``solve``) every this many adapter steps instead of stochastic head steps; None:
+        none."""
+        return None
+
+    @property
+    def solve_buffer(self) -> int:
+        """Training examples whose features an exact head phase caches."""
+        return 0
+
+    def solve(
+        self, features: torch.Tensor, labels: torch.Tensor, choice_mask: torch.Tensor | None, n_total: int
+    ) -> dict[str, float]:
+        """Solve the head on cached ``features`` (M, d) of training examples standing for ``n_total``; returns what
+        to log. Heads with ``solve_every`` implement it (VBLL's exact head phase)."""
+        raise PolarVBLLError(f"{type(self).__name__} has no exact head phase")
+
     def backbone_passes(self) -> int:
         """Backbone passes a prediction needs (1 for head-only methods)."""
         return 1

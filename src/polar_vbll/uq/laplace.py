@@ -101,8 +101,9 @@ class LaplaceHead(PointHead):
             grads = torch.autograd.grad((logits * v).sum(), outputs, retain_graph=True, allow_unused=True)
             per_map = {"head": (features[:, None].detach(), v[:, None])}
             for name, grad in zip(names, grads[:-1], strict=True):
-                x = self._captured[name][0]
+                x = self._captured[name][0].float()  # curvature in fp32 whatever the compute precision
                 grad = torch.zeros_like(self._captured[name][1]) if grad is None else grad
+                grad = grad.float()
                 prefix = name.replace(".", "__") + "__"
                 for key, (extract, _) in self._maps.items():
                     if key.startswith(prefix):

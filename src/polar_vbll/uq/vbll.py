@@ -59,10 +59,24 @@ class VBLLConfig(MethodConfig):
     num_particles: int = _help("samples per step of the Monte-Carlo ELBO", 16)
     predictive: Literal["mc", "probit"] = _help("Monte-Carlo softmax average, or closed-form probit", "mc")
     n_samples: int = _help("logit samples of the Monte-Carlo predictive (one backbone pass)", 1000)
+    head_phase: Literal["stochastic", "exact"] = _help(
+        "how the head learns: stochastic steps alternating with adapter steps, or an exact phase solving it on "
+        "cached features of a training buffer every solve_every adapter steps and at the end",
+        "stochastic",
+    )
+    solve_every: int = _help("exact head phase: adapter steps between two solves", 20)
+    solve_buffer: int = _help("exact head phase: training examples whose features are cached (seeded, per phase)", 512)
+    solve_rounds: int = _help("exact head phase: alternations of covariance, prior and mean/noise updates", 3)
+    fixed_point_iterations: int = _help("exact head phase: covariance fixed-point iterations per round", 5)
+    lbfgs_iterations: int = _help("exact head phase: L-BFGS iterations on the mean and noise per round", 30)
+    empirical_bayes: bool = _help(
+        "exact head phase: set the prior variance s₀ by empirical Bayes (else keep prior_scale's)", True
+    )
 
     def __post_init__(self):
         check_types(self)
-        for name in ("cov_rank", "num_particles", "n_samples"):
+        names = ("solve_every", "solve_buffer", "solve_rounds", "fixed_point_iterations", "lbfgs_iterations")
+        for name in ("cov_rank", "num_particles", "n_samples", *names):
             if getattr(self, name) < 1:
                 raise ConfigFieldError("VBLLConfig", name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("prior_scale", "wishart_scale"):
@@ -126,13 +140,13 @@ class VBLLHead(UQHead):
         self.num_classes, self.in_features = init_weight.shape
         self.n_train = n_train
         self.regularization_weight = 1.0 / n_train
-        self.prior_var = config.prior_scale * 2.0 / self.in_features
-        init_std = self.prior_var**0.5 if config.cov_init == "prior" else None
+        prior_var = config.prior_scale * 2.0 / self.in_features
+        init_std = prior_var**0.5 if config.cov_init == "prior" else None
         self.guide = VBLLGuide(init_weight.detach(), config.covariance, config.cov_rank, init_std)
         # Centering the prior on the pretrained rows (default) makes the KL pull towards the zero-shot head rather
         # than towards 0 (for SmolLM2's label rows the mean part of a zero-centered KL is ~3·10³ nats).
         prior_mean = init_weight.detach().float() if config.prior_mean == "init" else torch.zeros_like(init_weight)
-        self.model = VBLLModel(prior_mean.float(), self.prior_var)
+        self.model = VBLLModel(prior_mean.float(), prior_var)
         # one value for all classes (vbll draws randn − 1 per class), so that the untrained head ranks classes as
         # the zero-shot model does
         self.noise_log_std = nn.Parameter(torch.full((self.num_classes,), -1.0)) if config.logit_noise else None
@@ -149,6 +163,54 @@ class VBLLHead(UQHead):
                 f"got min {int(labels.min())} max {int(labels.max())}"
             )
 
+    @property
+    def prior_var(self) -> float:
+        """s₀, the prior variance of every weight (``prior_scale`` · 2 / d, or set by empirical Bayes)."""
+        return float(self.model.prior_var)
+
+    def set_prior_var(self, value: float) -> None:
+        self.model.prior_var.fill_(value)
+
+    def state_defaults(self) -> dict[str, torch.Tensor]:
+        # heads saved before the prior variance was a buffer had prior_scale's
+        default = torch.tensor(self.config.prior_scale * 2.0 / self.in_features)
+        return {**super().state_defaults(), "model.prior_var": default}
+
+    @property
+    def solve_every(self) -> int | None:
+        return self.config.solve_every if self.config.head_phase == "exact" else None
+
+    @property
+    def solve_buffer(self) -> int:
+        return self.config.solve_buffer
+
+    def solve(
+        self, features: torch.Tensor, labels: torch.Tensor, choice_mask: torch.Tensor | None, n_total: int
+    ) -> dict[str, float]:
+        """The exact head phase on cached ``features`` (M, d) standing for ``n_total`` examples
+        (:mod:`polar_vbll.uq.vbll_solve`): covariance at its fixed point, s₀ by empirical Bayes, mean and noise by
+        L-BFGS, alternated ``solve_rounds`` times. Returns the ELBO per example before and after, and s₀."""
+        from . import vbll_solve
+
+        self._check(features, labels)
+        features, scale = features.float(), n_total / features.shape[0]
+        with torch.no_grad():
+            before = -float(vbll_solve.negative_elbo(self, features, labels, choice_mask, scale))
+        for _ in range(self.config.solve_rounds):
+            if self.config.covariance == "lowrank":
+                iterations = self.config.lbfgs_iterations
+                vbll_solve.fit_covariance_by_gradient(self, features, labels, choice_mask, scale, iterations)
+            else:
+                for _ in range(self.config.fixed_point_iterations):
+                    vbll_solve.covariance_step(self, features, choice_mask, scale)
+            if self.config.empirical_bayes:
+                vbll_solve.empirical_bayes_prior(self)
+            iterations, prior = self.config.lbfgs_iterations, self.config.empirical_bayes
+            vbll_solve.fit_mean_and_noise(self, features, labels, choice_mask, scale, iterations, prior)
+        with torch.no_grad():
+            after = -float(vbll_solve.negative_elbo(self, features, labels, choice_mask, scale))
+        return {"elbo_before": before, "elbo_after": after, "prior_var": self.prior_var}
+
     def noise_var(self) -> torch.Tensor:
         if self.noise_log_std is None:
             return torch.zeros(self.num_classes, device=self.guide.mean.device)
@@ -158,9 +220,9 @@ class VBLLHead(UQHead):
         """The two parts of KL(q ‖ p): the mean's, ½ Σ_k ‖w̄_k − m_k‖² / s₀, and the covariance's,
         ½ Σ_k [tr(S_k) / s₀ + d log s₀ − log|S_k| − d] (0 when S_k = s₀ I)."""
         trace, logdet = self.guide.trace_and_logdet()
-        s0, d, c = self.prior_var, self.in_features, self.num_classes
+        s0, d, c = self.model.prior_var, self.in_features, self.num_classes
         shift = (self.guide.mean - self.model.prior_mean).pow(2).sum()
-        return 0.5 * shift / s0, 0.5 * (trace / s0 + c * d * math.log(s0) - logdet - c * d)
+        return 0.5 * shift / s0, 0.5 * (trace / s0 + c * d * torch.log(s0) - logdet - c * d)
 
     def kl_divergence(self) -> torch.Tensor:
         """KL(q(W) ‖ p(W)), exact (constants included)."""

@@ -97,10 +97,13 @@ class VBLLGuide(PyroModule):
 class VBLLModel(PyroModule):
     """Prior N(m, s₀ I) on W and the softmax likelihood of the (noisy) logits, scaled to the data set size."""
 
+    prior_var: torch.Tensor
+
     def __init__(self, prior_mean: torch.Tensor, prior_var: float):
         super().__init__()
         self.register_buffer("prior_mean", prior_mean.clone())
-        self.prior_var = prior_var
+        # a buffer: the exact head phase may set it by empirical Bayes, and it is saved with the head
+        self.register_buffer("prior_var", torch.tensor(float(prior_var)))
 
     def forward(
         self,
@@ -110,7 +113,7 @@ class VBLLModel(PyroModule):
         noise_scale: torch.Tensor | None = None,
         choice_mask: torch.Tensor | None = None,
     ):
-        weight = pyro.sample("W", dist.Normal(self.prior_mean, self.prior_var**0.5).to_event(2))
+        weight = pyro.sample("W", dist.Normal(self.prior_mean, self.prior_var.sqrt()).to_event(2))
         logits = features @ weight.transpose(-1, -2)
         with data_plate(features, n_data):
             if noise_scale is not None:

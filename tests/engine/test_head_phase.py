@@ -1,0 +1,82 @@
+"""The exact head phase inside ``fit``: cached features, when it solves, what it logs and reports, and resume."""
+
+import json
+
+import pytest
+import torch
+
+from polar_vbll.data import encoded_batches, get_task
+from polar_vbll.engine import evaluate_run, fit, load_run
+from polar_vbll.engine.head_phase import buffer_items, cached_features
+from polar_vbll.models import tiny_backbone
+from polar_vbll.stored import load_tensors
+from tests.engine.test_fit import assert_resume_is_exact, config, log_lines, task_dir  # noqa: F401  (fixture)
+
+EXACT = {"method": "vbll", "head_phase": "exact", "solve_every": 2, "solve_buffer": 16}
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cached_features_equal_features_recomputed_one_by_one(task_dir, precision):  # noqa: F811
+    backbone = tiny_backbone()
+    backbone.set_precision(precision)
+    task = get_task(str(task_dir))
+    items = task.load("train")[:10]
+    backbone.train()
+    features, labels, masks = cached_features(backbone, task, items, 64, 4)
+    assert backbone.training  # the mode it was in
+    backbone.eval()
+    for row, item in enumerate(items):
+        _, batch = next(encoded_batches(backbone.tokenizer, task, [item], 64, 1))
+        alone = backbone.features(batch["input_ids"], batch["attention_mask"])[0]
+        torch.testing.assert_close(features[row], alone, atol=1e-5, rtol=1e-5)
+        assert labels[row] == item.answer and masks[row].all()
+
+
+def test_the_buffer_is_all_examples_or_a_seeded_draw_per_phase():
+    items = list(range(100))
+    assert buffer_items(items, 200, 0, 0) is items
+    first, again = buffer_items(items, 10, 0, 20), buffer_items(items, 10, 0, 20)
+    assert first == again and len(set(first)) == 10
+    assert buffer_items(items, 10, 0, 40) != first and buffer_items(items, 10, 1, 20) != first
+
+
+def test_exact_head_phase_solves_every_k_adapter_steps_and_at_the_end(tiny_dir, task_dir, tmp_path):  # noqa: F811
+    run = fit(config(tiny_dir, task_dir, adapter="polar", uq=EXACT), tmp_path / "run", progress=False)
+    logs = log_lines(tmp_path / "run")
+    assert [entry["phase"] for entry in logs] == ["adapter"] * 6  # no stochastic head steps
+    solved = [entry["step"] for entry in logs if "head_elbo_after" in entry]
+    assert solved == [1, 3, 5]  # before the adapter steps 0, 2, 4
+    for entry in logs:
+        if "head_elbo_after" in entry:
+            assert entry["head_elbo_after"] >= entry["head_elbo_before"] and entry["head_buffer"] == 16
+    final = run.report["head_phase"]
+    assert final["head_elbo_after"] >= final["head_elbo_before"] and final["head_prior_var"] > 0
+    # the saved head is the solved one, with its empirical-Bayes prior variance
+    saved = load_tensors(tmp_path / "run" / "head.safetensors", "head")
+    assert float(saved["model.prior_var"]) == pytest.approx(final["head_prior_var"])
+    assert evaluate_run(tmp_path / "run", progress=False)["metrics"] == run.report["metrics"]
+
+
+def test_exact_head_phase_resumes_bit_identically(tiny_dir, task_dir, tmp_path):  # noqa: F811
+    # killed after step 3, between two solves; the checkpoint of step 2 is one step after a solve
+    assert_resume_is_exact(config(tiny_dir, task_dir, adapter="polar", uq=EXACT), tmp_path, kill_at=3)
+
+
+def test_a_head_saved_before_the_prior_variance_was_saved_still_loads(tiny_dir, task_dir, tmp_path):  # noqa: F811
+    from safetensors.torch import save_file
+
+    fit(config(tiny_dir, task_dir, uq="vbll", steps=2), tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "head.safetensors"
+    state = load_tensors(path, "head")
+    del state["model.prior_var"], state["temperature"]
+    save_file(state, str(path))
+    head = load_run(tmp_path / "run").head
+    assert head.prior_var == pytest.approx(2.0 / head.in_features)  # prior_scale 1 · 2 / d, as it then was
+
+
+def test_exact_head_phase_options_reach_the_head_from_flat_keys(tiny_dir, task_dir, tmp_path):  # noqa: F811
+    options = {"uq": "vbll", "vbll_head_phase": "exact", "vbll_solve_every": 3, "steps": 3}
+    run = fit(config(tiny_dir, task_dir, **options), tmp_path / "run", progress=False)
+    assert run.config.uq.head_phase == "exact" and run.config.uq.solve_every == 3
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["uq"]["head_phase"] == "exact"

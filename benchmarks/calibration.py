@@ -60,7 +60,7 @@ PROFILES = {
         eval_limit=200,
         calibration_size=128,
         laplace_samples=128,
-        note="a first look: 4 tasks, 1 seed; ≈ 7 h on 2 CPU cores, resumable",
+        note="a first look: 4 tasks, 1 seed; resumable (hours per precision: see the README)",
     ),
     "cpu-full": Profile(
         tasks=["sst2", *BLOB_TASKS],

@@ -40,8 +40,10 @@ def cell_dir(runs: Path, task: str, seed: int, method: str) -> Path:
 
 
 def worker(args, task: str, seed: int, method: str) -> dict:
+    from polar_vbll.atomic import atomic_write_json
     from polar_vbll.engine import fit, refine
     from polar_vbll.engine.inference import evaluate_components
+    from polar_vbll.outputs import claim
 
     adapter, uq, source = METHODS[method]
     out = cell_dir(Path(args.runs), task, seed, method)
@@ -68,17 +70,20 @@ def worker(args, task: str, seed: int, method: str) -> dict:
     evaluation = evaluate_components(
         result.backbone, result.head, result.task, result.config, limit=result.config.eval_limit
     )
+    claim(out, "cell.json", "probs.npz")  # in the run folder's marker: --overwrite removes them with the run
     np.savez(out / "probs.npz", probs=evaluation["probs"], labels=evaluation["labels"])
     logs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     phase_s = sum(e.get("head_features_s", 0) + e.get("head_solve_s", 0) for e in logs)
     final = result.report.get("head_phase", {})
     phase_s += final.get("head_features_s", 0) + final.get("head_solve_s", 0)
-    return {
+    cell = {
         "metrics": result.report["metrics"],
         "train_s": result.report["timings"]["train_s"],
         "head_phase_s": phase_s,
         "precision": result.config.precision,
     }
+    atomic_write_json(out / "cell.json", cell)  # a rerun skips the cell (the run folders are not committed)
+    return cell
 
 
 def intervals(runs: Path, task: str, seed: int) -> dict:
@@ -182,7 +187,9 @@ def main() -> None:
         for seed in args.seeds:
             cells = data["cells"].setdefault(task, {}).setdefault(str(seed), {})
             for method in METHODS:
-                if method in cells and (cell_dir(Path(args.runs), task, seed, method) / "probs.npz").exists():
+                folder = cell_dir(Path(args.runs), task, seed, method)
+                if (folder / "cell.json").exists() and (folder / "probs.npz").exists():
+                    cells[method] = json.loads((folder / "cell.json").read_text())
                     continue
                 print(f"{task} seed {seed}: {method}", flush=True)
                 cells[method] = run_worker(__file__, *flags, "--worker", task, str(seed), method)

@@ -80,6 +80,11 @@ class FitConfig:
     eval_split: str | None = _help("split for the final report (default: the task's evaluation split)", None)
     eval_limit: int | None = _help("evaluate only the first N examples", None)
     eval_batch_size: int = _help("examples per evaluation batch", 32)
+    zero_shot: bool = _help(
+        "score the model before fine-tuning on the same evaluation examples, reported beside the fine-tune (with a "
+        "warning when the fine-tune ends below its accuracy or above its NLL)",
+        True,
+    )
     checkpoint_every: int = _help("write a resumable checkpoint every K steps (0 = only at the end)", 50)
     log_every: int = _help("compute adapter diagnostics every K steps", 25)
     laplace_samples: int = _help("training examples (seeded random subset) for a Laplace Hessian (VBLL or LA)", 512)

@@ -9,15 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import TaskSpec, get_task, label_token_ids
+from .data import TaskSpec, get_task
 from .data.encoding import DEFAULT_MAX_LENGTH
-from .engine.inference import predict
+from .engine.inference import predict, zero_shot_head
 from .errors import PolarVBLLError
 from .metrics import classification_metrics, selective_metrics
 from .models import DEFAULT_MODEL, Backbone, load_backbone, resolve_model
 from .outputs import OutputKind, prepare_output
 from .report.schema import Report
-from .uq.point import PointHead
 
 
 @dataclass
@@ -70,11 +69,9 @@ def predict_probs(
     """Class probabilities (N, C) of ``items`` under the backbone's own LM-head rows of the task's label tokens: the
     zero-shot model as a point head, through the one prediction path (:func:`~polar_vbll.engine.inference.predict`);
     and the prompt statistics (``truncated``, ``mean_tokens``)."""
-    answer = backbone.answer_head(label_token_ids(backbone.tokenizer, task.label_words(), task.name))
-    head = PointHead(answer.weight.detach().float(), init_bias=None if answer.bias is None else answer.bias.detach())
     out = predict(
         backbone,
-        head,
+        zero_shot_head(backbone, task),
         task,
         items,
         batch_size,

@@ -80,3 +80,37 @@ def test_exact_head_phase_options_reach_the_head_from_flat_keys(tiny_dir, task_d
     run = fit(config(tiny_dir, task_dir, **options), tmp_path / "run", progress=False)
     assert run.config.uq.head_phase == "exact" and run.config.uq.solve_every == 3
     assert json.loads((tmp_path / "run" / "config.json").read_text())["uq"]["head_phase"] == "exact"
+
+
+@pytest.mark.parametrize("scale", [1, 5])
+def test_the_same_defaults_train_features_of_another_scale(scale, tmp_path):
+    """Features ×5 (the final norm's weight scaled, as other small LMs have several times SmolLM2's ‖φ‖²): the exact
+    head phase beats the zero-shot NLL at both scales with the same defaults; the stochastic head steps did not at
+    ×5 (NLL 0.743 against zero-shot 0.656 when this test was written)."""
+    from tests.conftest import write_jsonl
+
+    words = ["red", "blue", "green", "dog", "cat", "sky", "sun", "tree"]
+
+    def rows(n, offset):
+        return [
+            {
+                "question": f"Is {words[(i + offset) % 8]} a colour?",
+                "choices": ["no", "yes"],
+                "answer": int((i + offset) % 8 < 3),
+            }
+            for i in range(n)
+        ]
+
+    write_jsonl(tmp_path / "toy" / "train.jsonl", rows(48, 0))
+    write_jsonl(tmp_path / "toy" / "validation.jsonl", rows(16, 3))
+    backbone = tiny_backbone()
+    with torch.no_grad():
+        backbone.decoder.norm.weight.mul_(scale)
+    backbone.model.save_pretrained(tmp_path / "model")
+    backbone.tokenizer.save_pretrained(tmp_path / "model")
+    uq = {"method": "vbll", "head_phase": "exact", "solve_every": 5}
+    options = {"adapter": "polar", "uq": uq, "steps": 20, "eval_limit": None}
+    run = fit(config(tmp_path / "model", tmp_path / "toy", **options), tmp_path / "run", progress=False)
+    assert run.report["metrics"]["cls/nll"] < run.report["zero_shot"]["cls/nll"]
+    assert run.report["metrics"]["cls/acc"] > run.report["zero_shot"]["cls/acc"]
+    assert "warning" not in run.report

@@ -109,7 +109,8 @@ def test_schedule_with_restarts():
 def test_resume_keeps_what_a_user_added_and_reads_an_old_run(tiny_dir, task_dir, tmp_path):  # noqa: F811
     """A run written before the marker existed resumes (and is marked now); --overwrite keeps the user's notes."""
     fit(config(tiny_dir, task_dir, steps=2), tmp_path / "run", progress=False)
-    (tmp_path / "run" / ".polar-vbll.json").unlink()  # as written by polar-vbll 0.1.0
+    (tmp_path / "run" / ".polar-vbll.json").unlink()  # as written by polar-vbll 0.1.0,
+    (tmp_path / "run" / "zero_shot.json").unlink()  # which had neither the marker nor the zero-shot reference
     fit(out=tmp_path / "run", resume=True, progress=False)
     assert json.loads((tmp_path / "run" / ".polar-vbll.json").read_text())["kind"] == "run"
     (tmp_path / "run" / "notes.md").write_text("mine")

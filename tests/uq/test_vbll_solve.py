@@ -15,6 +15,7 @@ D, C, M, N = 6, 3, 40, 400
 
 
 def problem(seed: int = 0, covariance: str = "dense", **options):
+    options.setdefault("solve_scale", "dataset")  # the buffer stands for N examples, as in elbo_of
     """A head and a buffer of M features standing for N, with a choice mask that hides class 2 of some rows."""
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(M, D, generator=generator) * 2
@@ -96,11 +97,11 @@ def test_the_exact_phase_reaches_an_elbo_at_least_that_of_2000_adam_steps(covari
     optimizer = torch.optim.Adam(adam_head.parameters(), lr=1e-2)
     for _ in range(2000):
         optimizer.zero_grad()
-        vbll_solve.negative_elbo(adam_head, features, labels, mask, N / M).backward()
+        vbll_solve.negative_elbo(adam_head, features, labels, mask, N).backward()
         optimizer.step()
     result = head.solve(features, labels, mask, n_total=N)
     with torch.no_grad():
-        adam = -float(vbll_solve.negative_elbo(adam_head, features, labels, mask, N / M))
+        adam = -float(vbll_solve.negative_elbo(adam_head, features, labels, mask, N))
     assert result["elbo_after"] >= adam - 1e-4 * abs(adam)
     assert result["elbo_after"] > result["elbo_before"]
     # empirical Bayes may only add to the ELBO (it maximizes it over s₀)
@@ -114,3 +115,17 @@ def test_head_phase_options_are_validated():
     with pytest.raises(PolarVBLLError, match="no closed-form covariance"):
         head, features, _, mask = problem(covariance="lowrank")
         vbll_solve.covariance_step(head, features, mask, 1.0)
+
+
+def test_the_buffer_weighting_is_the_datasets_when_the_buffer_is_the_whole_training_set():
+    results = []
+    for scale in ("buffer", "dataset"):
+        head, features, labels, mask = problem(solve_scale=scale)
+        results.append((head.solve(features, labels, mask, n_total=M), head.guide.mean.detach().clone()))
+    assert results[0][0] == results[1][0] and torch.equal(results[0][1], results[1][1])
+    head, features, labels, mask = problem(solve_scale="buffer")
+    other, *_ = problem(solve_scale="dataset")
+    head.solve(features, labels, mask, n_total=N)
+    other.solve(features, labels, mask, n_total=N)
+    # counted N / M times, the buffer pins the covariance down more tightly
+    assert covariances(other).diagonal(dim1=-2, dim2=-1).sum() < covariances(head).diagonal(dim1=-2, dim2=-1).sum()

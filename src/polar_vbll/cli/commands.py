@@ -129,6 +129,11 @@ def cmd_fit(args: argparse.Namespace) -> None:
         report["metrics"],
         report["model"].get("note", ""),
     )
+    if report.get("zero_shot"):
+        zero = report["zero_shot"]
+        print(f"  zero-shot: acc {zero['cls/acc']:.4f}, ECE {zero['cal/ece']:.4f}, NLL {zero['cls/nll']:.4f}")
+    if report.get("warning"):
+        print(f"warning: {report['warning']}")
     print(f"run folder: {result.out} (report.md, report.json, adapter/, head.safetensors, train_log.jsonl)")
 
 

@@ -17,6 +17,7 @@ from ..uq import UQHead
 from .checkpoint import save_head
 from .inference import calibration_plots, evaluate_components
 from .result import FitResult
+from .zero_shot import fine_tune_warning
 
 
 def finish_run(
@@ -33,8 +34,11 @@ def finish_run(
     command: str | None = None,
     progress: bool = True,
     extra: dict | None = None,
+    zero_shot: dict[str, float] | None = None,
 ) -> FitResult:
-    """The post-hoc steps ``config`` lists (:mod:`polar_vbll.posthoc`), then save, evaluate and report into ``out``."""
+    """The post-hoc steps ``config`` lists (:mod:`polar_vbll.posthoc`), then save, evaluate and report into ``out``;
+    ``zero_shot``: the untrained model's metrics on the same examples, reported beside (with a warning line when the
+    fine-tune is worse)."""
     start = time.perf_counter()
     trainable, total = count_trainable(backbone.model)
     context = PostHocContext(backbone, head, task, items, held_out, config)
@@ -47,6 +51,11 @@ def finish_run(
     report = _run_report(config, backbone, task, evaluation, out, command, trainable, total, train_s, start_step)
     report.timings["post_hoc_s"] = post_hoc_s
     report.sections.update({**reported, **(extra or {})})
+    if zero_shot is not None:  # the untrained model on the same examples, and whether fine-tuning helped
+        report.sections["zero_shot"] = zero_shot
+        warning = fine_tune_warning(zero_shot, report.metrics)
+        if warning:
+            report.sections["warning"] = warning
     report.write(out, calibration_plots(evaluation))
     return FitResult(out, report.to_dict(), config, backbone, head, task)
 

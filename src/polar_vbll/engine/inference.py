@@ -9,10 +9,17 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import FitConfig
-from ..data import TaskSpec, encoded_batches
+from ..data import TaskSpec, encoded_batches, label_token_ids
 from ..metrics import classification_metrics, criterion_scores, selective_metrics
 from ..models import Backbone
 from ..uq import UQHead, uncertainty_decomposition
+from ..uq.point import PointHead
+
+
+def zero_shot_head(backbone: Backbone, task: TaskSpec) -> PointHead:
+    """The model's own answer: a point head of its LM-head rows (and bias) at the task's label tokens."""
+    answer = backbone.answer_head(label_token_ids(backbone.tokenizer, task.label_words(), task.name))
+    return PointHead(answer.weight.detach().float(), init_bias=None if answer.bias is None else answer.bias.detach())
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ from ..models.precision import resolved_name
 from ..optim import build_optimizer
 from ..outputs import OutputKind, claim, prepare_output
 from ..posthoc import check_post_hoc
+from ..stored import read_json
 from .build import base_dtype, build_components, training_items
 from .checkpoint import (
     FitInterrupted,
@@ -43,6 +44,7 @@ from .finish import finish_run
 from .head_phase import head_phase
 from .result import FitResult
 from .schedule import batch_indices, phase_of, warmup_linear
+from .zero_shot import ZERO_SHOT_FILE, zero_shot_metrics
 
 StepCallback = Callable[[int, dict], None]
 
@@ -105,9 +107,12 @@ def fit(
         start_step, correct, seen = load_checkpoint(out / "checkpoint", backbone, head, optimizers)
         truncate_log(out / "train_log.jsonl", start_step)
     else:
-        claim(out, "config.json", "train_log.jsonl", "checkpoint")
+        claim(out, "config.json", "train_log.jsonl", "checkpoint", ZERO_SHOT_FILE)
         atomic_write_json(out / "config.json", config.to_dict())
         (out / "train_log.jsonl").write_text("", encoding="utf-8")
+        if config.zero_shot:  # before the first step every adapter is the identity: this is the zero-shot model
+            atomic_write_json(out / ZERO_SHOT_FILE, zero_shot_metrics(backbone, task, config))
+    zero_shot = read_json(out / ZERO_SHOT_FILE, "zero-shot metrics") if (out / ZERO_SHOT_FILE).is_file() else None
     checkpoint_step = start_step if resume else None
     bar = tqdm(
         range(start_step, config.steps), initial=start_step, total=config.steps, desc="fit", disable=not progress
@@ -192,6 +197,7 @@ def fit(
             command=command,
             progress=progress,
             extra=extra,
+            zero_shot=zero_shot,
         )
     except KeyboardInterrupt:
         raise FitInterrupted(interrupted_message(out, config.steps, config.steps, config)) from None

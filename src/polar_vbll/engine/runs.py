@@ -165,6 +165,7 @@ def refine(
         command=command,
         progress=progress,
         extra={"refined_from": str(run_dir)},
+        zero_shot=source_report.get("zero_shot"),
     )
 
 

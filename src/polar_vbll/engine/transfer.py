@@ -14,6 +14,8 @@ from ..report.schema import Report
 from .inference import calibration_plots, evaluate_components
 from .runs import load_run
 
+RUN_EVALUATION = ("zero_shot", "warning")
+
 
 def evaluate_run(
     run_dir: str | Path,
@@ -43,7 +45,8 @@ def evaluate_run(
     target, items, n_total = target.seen_by_head(run.task.num_classes, split or config.eval_split, limit)
     evaluation = evaluate_components(run.backbone, run.head, target, config, split, progress=progress, items=items)
     recorded = Report.from_dict(run.report, Path(run_dir) / "report.json")
-    sections = {k: v for k, v in recorded.sections.items() if not k.startswith("ood")}
+    # what described the run's own evaluation (OOD, the zero-shot reference and its warning) does not carry over
+    sections = {k: v for k, v in recorded.sections.items() if not k.startswith("ood") and k not in RUN_EVALUATION}
     report = replace(
         recorded,
         model={**recorded.model, "precision": str(run.backbone.precision)},

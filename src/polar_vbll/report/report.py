@@ -81,8 +81,20 @@ def render_markdown(report: dict, images: dict[str, bytes] | None = None) -> str
         lines.append(f"- trained on: {report['trained_on']}")
     if model.get("note"):
         lines.append(f"- note: {model['note']}")
-    lines += ["", "| metric | value |", "|---|---|"]
-    lines += [f"| `{key}` {METRIC_NAMES.get(key, '')} | {value:.4f} |" for key, value in report["metrics"].items()]
+    if report.get("warning"):
+        lines.append(f"- **warning: {report['warning']}**")
+    zero = report.get("zero_shot") or {}
+    if zero:
+        lines += ["", "| metric | value | zero-shot |", "|---|---|---|"]
+        lines += [
+            f"| `{key}` {METRIC_NAMES.get(key, '')} | {value:.4f} | "
+            + (f"{zero[key]:.4f}" if key in zero else "")
+            + " |"
+            for key, value in report["metrics"].items()
+        ]
+    else:
+        lines += ["", "| metric | value |", "|---|---|"]
+        lines += [f"| `{key}` {METRIC_NAMES.get(key, '')} | {value:.4f} |" for key, value in report["metrics"].items()]
     lines += _ood_lines(report)
     if images:
         lines += ["", "## Plots", ""] + [f"![{PLOT_TITLES.get(n, n)}]({n}.png)" for n in images]

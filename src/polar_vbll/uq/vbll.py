@@ -72,6 +72,11 @@ class VBLLConfig(MethodConfig):
     empirical_bayes: bool = _help(
         "exact head phase: set the prior variance s₀ by empirical Bayes (else keep prior_scale's)", True
     )
+    solve_scale: Literal["buffer", "dataset"] = _help(
+        "exact head phase: the data its buffer stands for: itself (the posterior of the examples seen) or the whole "
+        "training set (N / M times each, fit's own objective)",
+        "buffer",
+    )
 
     def __post_init__(self):
         check_types(self)
@@ -189,26 +194,28 @@ class VBLLHead(UQHead):
     ) -> dict[str, float]:
         """The exact head phase on cached ``features`` (M, d) standing for ``n_total`` examples
         (:mod:`polar_vbll.uq.vbll_solve`): covariance at its fixed point, s₀ by empirical Bayes, mean and noise by
-        L-BFGS, alternated ``solve_rounds`` times. Returns the ELBO per example before and after, and s₀."""
+        L-BFGS, alternated ``solve_rounds`` times, the buffer standing for itself or for ``n_total`` examples
+        (``solve_scale``). Returns the ELBO per example before and after, and s₀."""
         from . import vbll_solve
 
         self._check(features, labels)
-        features, scale = features.float(), n_total / features.shape[0]
+        features = features.float()
+        n = n_total if self.config.solve_scale == "dataset" else features.shape[0]
         with torch.no_grad():
-            before = -float(vbll_solve.negative_elbo(self, features, labels, choice_mask, scale))
+            before = -float(vbll_solve.negative_elbo(self, features, labels, choice_mask, n))
         for _ in range(self.config.solve_rounds):
             if self.config.covariance == "lowrank":
                 iterations = self.config.lbfgs_iterations
-                vbll_solve.fit_covariance_by_gradient(self, features, labels, choice_mask, scale, iterations)
+                vbll_solve.fit_covariance_by_gradient(self, features, labels, choice_mask, n, iterations)
             else:
                 for _ in range(self.config.fixed_point_iterations):
-                    vbll_solve.covariance_step(self, features, choice_mask, scale)
+                    vbll_solve.covariance_step(self, features, choice_mask, n / features.shape[0])
             if self.config.empirical_bayes:
                 vbll_solve.empirical_bayes_prior(self)
             iterations, prior = self.config.lbfgs_iterations, self.config.empirical_bayes
-            vbll_solve.fit_mean_and_noise(self, features, labels, choice_mask, scale, iterations, prior)
+            vbll_solve.fit_mean_and_noise(self, features, labels, choice_mask, n, iterations, prior)
         with torch.no_grad():
-            after = -float(vbll_solve.negative_elbo(self, features, labels, choice_mask, scale))
+            after = -float(vbll_solve.negative_elbo(self, features, labels, choice_mask, n))
         return {"elbo_before": before, "elbo_after": after, "prior_var": self.prior_var}
 
     def noise_var(self) -> torch.Tensor:

@@ -14,20 +14,22 @@ from tests.conftest import write_jsonl
 WORDS = ["red", "blue", "green", "dog", "cat", "sky", "sun", "tree"]
 
 
+def toy_rows(n, offset):
+    """Rows of the toy task: is the word a colour?"""
+    return [
+        {
+            "question": f"Is {WORDS[(i + offset) % 8]} a colour?",
+            "choices": ["no", "yes"],
+            "answer": int((i + offset) % 8 < 3),
+        }
+        for i in range(n)
+    ]
+
+
 @pytest.fixture
 def task_dir(tmp_path):
-    def rows(n, offset):
-        return [
-            {
-                "question": f"Is {WORDS[(i + offset) % 8]} a colour?",
-                "choices": ["no", "yes"],
-                "answer": int((i + offset) % 8 < 3),
-            }
-            for i in range(n)
-        ]
-
-    write_jsonl(tmp_path / "toy" / "train.jsonl", rows(24, 0))
-    write_jsonl(tmp_path / "toy" / "validation.jsonl", rows(8, 3))
+    write_jsonl(tmp_path / "toy" / "train.jsonl", toy_rows(24, 0))
+    write_jsonl(tmp_path / "toy" / "validation.jsonl", toy_rows(8, 3))
     return tmp_path / "toy"
 
 

@@ -88,21 +88,10 @@ def test_the_same_defaults_train_features_of_another_scale(scale, tmp_path):
     head phase beats the zero-shot NLL at both scales with the same defaults; the stochastic head steps did not at
     ×5 (NLL 0.743 against zero-shot 0.656 when this test was written)."""
     from tests.conftest import write_jsonl
+    from tests.engine.test_fit import toy_rows
 
-    words = ["red", "blue", "green", "dog", "cat", "sky", "sun", "tree"]
-
-    def rows(n, offset):
-        return [
-            {
-                "question": f"Is {words[(i + offset) % 8]} a colour?",
-                "choices": ["no", "yes"],
-                "answer": int((i + offset) % 8 < 3),
-            }
-            for i in range(n)
-        ]
-
-    write_jsonl(tmp_path / "toy" / "train.jsonl", rows(48, 0))
-    write_jsonl(tmp_path / "toy" / "validation.jsonl", rows(16, 3))
+    write_jsonl(tmp_path / "toy" / "train.jsonl", toy_rows(48, 0))
+    write_jsonl(tmp_path / "toy" / "validation.jsonl", toy_rows(16, 3))
     backbone = tiny_backbone()
     with torch.no_grad():
         backbone.decoder.norm.weight.mul_(scale)

@@ -28,65 +28,10 @@ import torch
 from torch import nn
 
 from ..errors import PolarVBLLError
-from ..fields import ConfigFieldError, MethodConfig, check_types
-from ..fields import help_field as _help
 from ..models.backbone import mask_choices
 from .base import UQ_METHODS, UQHead, UQMethod
-from .vbll_pyro import Covariance, VBLLGuide, VBLLModel
-
-
-@dataclass
-class VBLLConfig(MethodConfig):
-    """Options of the variational Bayesian last layer."""
-
-    method = "vbll"
-
-    covariance: Covariance = _help("posterior covariance per class: dense (Cholesky), diagonal, lowrank", "dense")
-    cov_rank: int = _help("rank of the low-rank part (covariance='lowrank')", 4)
-    prior_scale: float = _help("prior variance = prior_scale · 2 / d (vbll's width scaling)", 1.0)
-    prior_mean: Literal["init", "zero"] = _help(
-        "prior mean: the initial head (the pretrained label rows) or zero (vbll's choice)", "init"
-    )
-    cov_init: Literal["vbll", "prior"] = _help(
-        "initial posterior covariance: vbll's (standard deviations 1/d) or the prior's s₀ I (the covariance part of "
-        "the KL starts at 0)",
-        "vbll",
-    )
-    logit_noise: bool = _help("learn Gaussian logit noise σ² with a Wishart prior (as vbll)", True)
-    wishart_scale: float = _help("scale of the Wishart prior on the noise precision", 1.0)
-    dof: float = _help("degrees of freedom of the Wishart prior", 1.0)
-    objective: Literal["jensen", "mc"] = _help("closed-form Jensen ELBO, or Pyro's Monte-Carlo Trace_ELBO", "jensen")
-    num_particles: int = _help("samples per step of the Monte-Carlo ELBO", 16)
-    predictive: Literal["mc", "probit"] = _help("Monte-Carlo softmax average, or closed-form probit", "mc")
-    n_samples: int = _help("logit samples of the Monte-Carlo predictive (one backbone pass)", 1000)
-    head_phase: Literal["stochastic", "exact"] = _help(
-        "how the head learns: stochastic steps alternating with adapter steps, or an exact phase solving it on "
-        "cached features of a training buffer every solve_every adapter steps and at the end",
-        "stochastic",
-    )
-    solve_every: int = _help("exact head phase: adapter steps between two solves", 20)
-    solve_buffer: int = _help("exact head phase: training examples whose features are cached (seeded, per phase)", 512)
-    solve_rounds: int = _help("exact head phase: alternations of covariance, prior and mean/noise updates", 3)
-    fixed_point_iterations: int = _help("exact head phase: covariance fixed-point iterations per round", 5)
-    lbfgs_iterations: int = _help("exact head phase: L-BFGS iterations on the mean and noise per round", 30)
-    empirical_bayes: bool = _help(
-        "exact head phase: set the prior variance s₀ by empirical Bayes (else keep prior_scale's)", True
-    )
-    solve_scale: Literal["buffer", "dataset"] = _help(
-        "exact head phase: the data its buffer stands for: itself (the posterior of the examples seen) or the whole "
-        "training set (N / M times each, fit's own objective)",
-        "buffer",
-    )
-
-    def __post_init__(self):
-        check_types(self)
-        names = ("solve_every", "solve_buffer", "solve_rounds", "fixed_point_iterations", "lbfgs_iterations")
-        for name in ("cov_rank", "num_particles", "n_samples", *names):
-            if getattr(self, name) < 1:
-                raise ConfigFieldError("VBLLConfig", name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("prior_scale", "wishart_scale"):
-            if not getattr(self, name) > 0:
-                raise ConfigFieldError("VBLLConfig", name, f"must be > 0, got {getattr(self, name)}")
+from .vbll_config import VBLLConfig
+from .vbll_pyro import VBLLGuide, VBLLModel
 
 
 @dataclass
@@ -193,30 +138,11 @@ class VBLLHead(UQHead):
         self, features: torch.Tensor, labels: torch.Tensor, choice_mask: torch.Tensor | None, n_total: int
     ) -> dict[str, float]:
         """The exact head phase on cached ``features`` (M, d) standing for ``n_total`` examples
-        (:mod:`polar_vbll.uq.vbll_solve`): covariance at its fixed point, s₀ by empirical Bayes, mean and noise by
-        L-BFGS, alternated ``solve_rounds`` times, the buffer standing for itself or for ``n_total`` examples
-        (``solve_scale``). Returns the ELBO per example before and after, and s₀."""
-        from . import vbll_solve
+        (:func:`polar_vbll.uq.vbll_solve.solve_head`). Returns the ELBO per example before and after, and s₀."""
+        from .vbll_solve import solve_head
 
         self._check(features, labels)
-        features = features.float()
-        n = n_total if self.config.solve_scale == "dataset" else features.shape[0]
-        with torch.no_grad():
-            before = -float(vbll_solve.negative_elbo(self, features, labels, choice_mask, n))
-        for _ in range(self.config.solve_rounds):
-            if self.config.covariance == "lowrank":
-                iterations = self.config.lbfgs_iterations
-                vbll_solve.fit_covariance_by_gradient(self, features, labels, choice_mask, n, iterations)
-            else:
-                for _ in range(self.config.fixed_point_iterations):
-                    vbll_solve.covariance_step(self, features, choice_mask, n / features.shape[0])
-            if self.config.empirical_bayes:
-                vbll_solve.empirical_bayes_prior(self)
-            iterations, prior = self.config.lbfgs_iterations, self.config.empirical_bayes
-            vbll_solve.fit_mean_and_noise(self, features, labels, choice_mask, n, iterations, prior)
-        with torch.no_grad():
-            after = -float(vbll_solve.negative_elbo(self, features, labels, choice_mask, n))
-        return {"elbo_before": before, "elbo_after": after, "prior_var": self.prior_var}
+        return solve_head(self, features.float(), labels, choice_mask, n_total)
 
     def noise_var(self) -> torch.Tensor:
         if self.noise_log_std is None:

@@ -124,3 +124,24 @@ def fit_covariance_by_gradient(head, features, labels, choice_mask, n_data: int,
     """The low-rank family's fallback: L-BFGS on its covariance factors, everything else fixed."""
     params = [head.guide.log_diag, head.guide.offdiag]
     _lbfgs(head, params, features, labels, choice_mask, n_data, iterations)
+
+
+def solve_head(head, features, labels, choice_mask, n_total: int) -> dict[str, float]:
+    """Covariance at its fixed point, s₀ by empirical Bayes, mean and noise by L-BFGS, alternated ``solve_rounds``
+    times on fp32 ``features`` (M, d), the buffer standing for itself or for ``n_total`` examples (``solve_scale``)."""
+    config = head.config
+    n = n_total if config.solve_scale == "dataset" else features.shape[0]
+    with torch.no_grad():
+        before = -float(negative_elbo(head, features, labels, choice_mask, n))
+    for _ in range(config.solve_rounds):
+        if config.covariance == "lowrank":
+            fit_covariance_by_gradient(head, features, labels, choice_mask, n, config.lbfgs_iterations)
+        else:
+            for _ in range(config.fixed_point_iterations):
+                covariance_step(head, features, choice_mask, n / features.shape[0])
+        if config.empirical_bayes:
+            empirical_bayes_prior(head)
+        fit_mean_and_noise(head, features, labels, choice_mask, n, config.lbfgs_iterations, config.empirical_bayes)
+    with torch.no_grad():
+        after = -float(negative_elbo(head, features, labels, choice_mask, n))
+    return {"elbo_before": before, "elbo_after": after, "prior_var": head.prior_var}

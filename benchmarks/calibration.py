@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, add_precision_argument, machine_info, machine_line, run_worker  # noqa: E402
+from common import RESULTS, add_precision_argument, machine_info, machine_line, run_worker, save_cell  # noqa: E402
 
 from polar_vbll.models.precision import resolved_name  # noqa: E402
 
@@ -106,8 +106,11 @@ METHODS = {
     "ENS": ("lora", "ensemble", None, {}, {}),
     "LA": ("lora", "laplace", "MAP", {"laplace": True}, {}),
     "BLoB": ("lora", "blob", None, {}, {}),
+    "ScalaBL": ("lora", "scalabl", None, {}, {}),
     "TS": ("lora", "temperature", "MAP", {"temperature_scaling": True}, {}),
+    "TFB": ("lora", "tfb", "MAP", {"tfb": True}, {}),
     "PoLAR-VBLL": ("polar", "vbll", None, {}, {}),
+    "PoLAR-VBLL exact head": ("polar", "vbll", None, {}, {"vbll": {"head_phase": "exact"}}),
     "PoLAR-VBLL + LA": ("polar", "vbll", "PoLAR-VBLL", {"laplace": True}, {}),
     "PoLAR-BLoB": ("polar", "blob", None, {}, {}),
 }
@@ -225,9 +228,12 @@ def markdown(
         + (f"the first {profile.eval_limit} examples of" if profile.eval_limit else "")
         + f" each task's validation split; tasks {tasks}. LoRA and PoLAR r = 8 on q_proj, v_proj (α = 16), lr 1e-3 "
         "for adapter and head, warm-up 6 % then linear decay. MCD: dropout 0.1, 10 passes; ENS: 3 LoRA members on "
-        "one base; BLoB: 10 passes; LA: K-FAC over LoRA and head, GLM predictive, prior precision by marginal "
-        f"likelihood on {profile.laplace_samples} training examples; TS, LA and PoLAR-VBLL + LA refine the MAP or "
-        "PoLAR-VBLL run. Accuracy is below the original bf16 model's: the weights are dequantized from 4-bit.",
+        "one base; BLoB, ScalaBL: 10 passes; LA: K-FAC over LoRA and head, GLM predictive, prior precision by marginal "
+        f"likelihood on {profile.laplace_samples} training examples; TFB: σ searched on the held-out examples (at "
+        "most 1 % of predictions changed), 10 passes; TS, LA, TFB and PoLAR-VBLL + LA refine the MAP or PoLAR-VBLL "
+        "run; PoLAR-VBLL exact head: the head solved on cached training features every 20 adapter steps and at the "
+        "end instead of stochastic head steps. Accuracy is below the original bf16 model's: the weights are "
+        "dequantized from 4-bit.",
         "",
         f"Cells finished: {done} of {total} ({hours['methods']:.2f} h of cell time"
         + (f"; ablations {hours['ablations']:.2f} h more" if hours["ablations"] else "")
@@ -324,9 +330,6 @@ def main() -> None:
 
     from tqdm.auto import tqdm
 
-    from polar_vbll.atomic import atomic_write_json
-    from polar_vbll.outputs import claim
-
     tasks = args.tasks or profile.tasks
     methods = args.methods or list(METHODS) + (list(ABLATIONS) if args.ablations else [])
     keys = [f"{t}/{s}/{m}" for t in tasks for s in profile.seeds for m in methods]
@@ -360,8 +363,7 @@ def main() -> None:
         entry = {"key": key, "wall_s": time.perf_counter() - start, **result}
         if recorded:  # the table's cell time stays the first measurement's; the rebuild's is kept beside it
             entry["rebuild_wall_s"], entry["wall_s"] = entry["wall_s"], recorded["wall_s"]
-        claim(folder, "cell.json")  # the run folder's marker lists it: --overwrite removes it with the run
-        atomic_write_json(folder / "cell.json", entry)
+        save_cell(folder, entry)
         cells[key] = entry
         write_results(args.profile, profile, cells, args.precision)  # after every cell: a killed session loses none
         m = result["metrics"]

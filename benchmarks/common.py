@@ -77,6 +77,16 @@ def add_precision_argument(parser, what: str) -> None:
     )
 
 
+def save_cell(run: Path, cell: dict, *others: str) -> None:
+    """Write a finished cell's ``cell.json`` into its run folder (a rerun skips the cell; the run folders are not
+    committed), claimed with ``others`` in the folder's marker so that ``--overwrite`` removes them with the run."""
+    from polar_vbll.atomic import atomic_write_json
+    from polar_vbll.outputs import claim
+
+    claim(run, "cell.json", *others)
+    atomic_write_json(run / "cell.json", cell)
+
+
 def run_worker(script: str, *args: str) -> dict:
     """Run ``script *args`` in a fresh Python process; its last stdout line is the JSON result."""
     out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)

@@ -4,7 +4,7 @@ measured in the same invocation on the same inputs.
 Each method runs ``fit`` in a fresh process (so peak RSS is its own) on BoolQ training prompts cut to 128 tokens
 (batch 8, an almost constant shape), r = 8 on q_proj, v_proj. Step time: median over the steps after ``--warmup``;
 methods that alternate (VBLL) report the median of each phase and their cycle mean (one cheap head-only step,
-one adapter step). Post-hoc time: the Laplace / temperature fit after training (on ``--post-hoc-samples``
+one adapter step). Post-hoc time: the Laplace / temperature / TFB fit after training (on ``--post-hoc-samples``
 examples). Inference: median ``predict_batch`` time of one evaluation batch of 32 with 100 logit samples, over
 ``--infer-batches`` batches. Peak RSS: the whole process (load, training, post-hoc, one evaluation batch).
 Writes ``benchmarks/results/cost.{json,md}``.
@@ -33,13 +33,17 @@ METHODS = {
     "ENS": ("lora", "ensemble", {}),
     "LA": ("lora", "laplace", {}),
     "BLoB": ("lora", "blob", {}),
+    "ScalaBL": ("lora", "scalabl", {}),
     "TS": ("lora", "temperature", {}),
+    "TFB": ("lora", "tfb", {}),
     "PoLAR-MAP (geoopt)": ("polar", "map", {}),
     "PoLAR-MAP (landing)": ("polar", "map", {"optimizer": "landing"}),
     "PoLAR-VBLL": ("polar", "vbll", {}),
     "PoLAR-VBLL (landing)": ("polar", "vbll", {"optimizer": "landing"}),
     "PoLAR-VBLL + LA": ("polar", "vbll", {"laplace": True}),
     "PoLAR-BLoB": ("polar", "blob", {}),
+    "PoLAR-TFB": ("polar", "tfb", {}),
+    "PoLAR-VBLL (exact head)": ("polar", {"method": "vbll", "head_phase": "exact"}, {}),
 }
 
 

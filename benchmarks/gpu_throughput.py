@@ -96,7 +96,7 @@ def measure(method: str, shape: str, device: str, steps: int, warmup: int, batch
         phase = phase_of(step, config)
         sync()
         start = time.perf_counter()
-        loss, _, _ = head.training_loss(backbone, batch_data, train_backbone=phase != "head")
+        loss = head.training_loss(backbone, batch_data, train_backbone=phase != "head").loss
         adapter_opt.zero_grad(set_to_none=True)
         head_opt.zero_grad(set_to_none=True)
         loss.backward()

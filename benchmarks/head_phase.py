@@ -1,11 +1,14 @@
-"""The exact head phase against the stochastic one, MAP-LoRA and temperature scaling, with paired bootstrap intervals.
+"""PoLAR-VBLL's exact head phase against its stochastic one and the baselines, with paired bootstrap intervals.
 
 Every method trains with the same recipe, data and data order (the ``make demo`` recipe by default: 100 steps ×
 batch 16, r 8 on q_proj, v_proj, ``--precision auto``), holding the same ``calibration_size`` training examples out
 (TS fits its temperature there), and is scored on the first ``--eval-limit`` examples of the task's validation
-split. Per seed and task: ACC / ECE / NLL, the mean epistemic uncertainty, the exact phase's share of the training
-time, and 95 % paired bootstrap intervals of the ECE and NLL differences against MAP-LoRA and against TS. Each cell
-runs in a fresh process and keeps its probabilities in its run folder, so a rerun skips finished cells. Writes
+split. Methods: MAP-LoRA, TS, LA (Laplace-LoRA), TFB, MCD, ENS, BLoB, ScalaBL, PoLAR-MAP, PoLAR-MAP + last-layer Laplace
+(PoLAR's part without VBLL's), PoLAR-TFB, PoLAR-VBLL with the stochastic and with the exact head phase; TS, LA, TFB
+and the last-layer Laplace refine the MAP run they start from. Per task: ACC / ECE / NLL and the mean epistemic
+uncertainty (means over seeds), the exact phase's share of the training time, and 95 % paired bootstrap intervals of
+the ECE and NLL differences against MAP-LoRA and against TS on the seeds' predictions pooled. Each cell runs in a
+fresh process and keeps its probabilities in its run folder, so a rerun skips finished cells. Writes
 ``benchmarks/results/head_phase.{json,md}``.
 
     python benchmarks/head_phase.py --tasks sst2 --seeds 0 1 2
@@ -23,14 +26,23 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, add_precision_argument, machine_info, run_worker, write_results  # noqa: E402
+from common import RESULTS, add_precision_argument, machine_info, run_worker, save_cell, write_results  # noqa: E402
 
-# name: (adapter, uq options, the run it refines with a temperature)
+# name: (adapter, uq options, the run it refines, refine's options); sources come first
 METHODS = {
-    "MAP-LoRA": ("lora", {"method": "map"}, None),
-    "TS": ("lora", {"method": "map"}, "MAP-LoRA"),
-    "PoLAR-VBLL (stochastic head)": ("polar", {"method": "vbll"}, None),
-    "PoLAR-VBLL (exact head)": ("polar", {"method": "vbll", "head_phase": "exact"}, None),
+    "MAP-LoRA": ("lora", {"method": "map"}, None, {}),
+    "TS": ("lora", {"method": "map"}, "MAP-LoRA", {"temperature_scaling": True}),
+    "LA": ("lora", {"method": "map"}, "MAP-LoRA", {"laplace": True}),
+    "TFB": ("lora", {"method": "map"}, "MAP-LoRA", {"tfb": True}),
+    "MCD": ("lora", {"method": "mc_dropout"}, None, {}),
+    "ENS": ("lora", {"method": "ensemble"}, None, {}),
+    "BLoB": ("lora", {"method": "blob"}, None, {}),
+    "ScalaBL": ("lora", {"method": "scalabl"}, None, {}),
+    "PoLAR-MAP": ("polar", {"method": "map"}, None, {}),
+    "PoLAR-MAP + LLLA": ("polar", {"method": "map"}, "PoLAR-MAP", {"laplace": True, "la_subset": "last_layer"}),
+    "PoLAR-TFB": ("polar", {"method": "map"}, "PoLAR-MAP", {"tfb": True}),
+    "PoLAR-VBLL (stochastic head)": ("polar", {"method": "vbll"}, None, {}),
+    "PoLAR-VBLL (exact head)": ("polar", {"method": "vbll", "head_phase": "exact"}, None, {}),
 }
 REFERENCES = ("MAP-LoRA", "TS")
 
@@ -40,16 +52,14 @@ def cell_dir(runs: Path, task: str, seed: int, method: str) -> Path:
 
 
 def worker(args, task: str, seed: int, method: str) -> dict:
-    from polar_vbll.atomic import atomic_write_json
     from polar_vbll.engine import fit, refine
-    from polar_vbll.engine.inference import evaluate_components
     from polar_vbll.outputs import claim
 
-    adapter, uq, source = METHODS[method]
+    adapter, uq, source, refine_options = METHODS[method]
     out = cell_dir(Path(args.runs), task, seed, method)
     if source:
         result = refine(
-            cell_dir(Path(args.runs), task, seed, source), out, temperature_scaling=True, overwrite=True, progress=False
+            cell_dir(Path(args.runs), task, seed, source), out, overwrite=True, progress=False, **refine_options
         )
     else:
         result = fit(
@@ -67,39 +77,62 @@ def worker(args, task: str, seed: int, method: str) -> dict:
             calibration_holdout=True,
             precision=args.precision,
         )
-    evaluation = evaluate_components(
-        result.backbone, result.head, result.task, result.config, limit=result.config.eval_limit
-    )
-    claim(out, "cell.json", "probs.npz")  # in the run folder's marker: --overwrite removes them with the run
+    evaluation = result.evaluation
+    claim(out, "probs.npz")  # in the run folder's marker: --overwrite removes it with the run
     np.savez(out / "probs.npz", probs=evaluation["probs"], labels=evaluation["labels"])
-    logs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    phase_s = sum(e.get("head_features_s", 0) + e.get("head_solve_s", 0) for e in logs)
-    final = result.report.get("head_phase", {})
-    phase_s += final.get("head_features_s", 0) + final.get("head_solve_s", 0)
     cell = {
         "metrics": result.report["metrics"],
         "train_s": result.report["timings"]["train_s"],
-        "head_phase_s": phase_s,
+        "head_phase_s": head_phase_seconds(out, result.report),
         "precision": result.config.precision,
     }
-    atomic_write_json(out / "cell.json", cell)  # a rerun skips the cell (the run folders are not committed)
+    save_cell(out, cell)
     return cell
 
 
-def intervals(runs: Path, task: str, seed: int) -> dict:
-    """{method: {reference: {metric: interval}}} of the paired ECE and NLL differences."""
+def head_phase_seconds(run: Path, report: dict) -> float:
+    """Seconds the exact head phases of ``run`` took (features and solves; 0 for other heads)."""
+    logs = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    final = report.get("head_phase", {})
+    return sum(e.get("head_features_s", 0) + e.get("head_solve_s", 0) for e in [*logs, final])
+
+
+def selected(names: list[str] | None) -> list[str]:
+    """``names`` (default: every method) with the runs they refine, in the table's order."""
+    wanted = set(names or METHODS)
+    wanted |= {METHODS[name][2] for name in wanted if METHODS[name][2]}
+    return [name for name in METHODS if name in wanted]
+
+
+def compared(method: str, ref: str) -> bool:
+    """Whether the table shows ``method − ref`` (not a method against itself, nor the references twice)."""
+    if method == ref:
+        return False
+    return not (method in REFERENCES and REFERENCES.index(method) > REFERENCES.index(ref))
+
+
+def intervals(runs: Path, task: str, seeds: list[int]) -> dict:
+    """{method: {reference: {metric: interval}}} of the paired ECE and NLL differences on the predictions of every
+    seed pooled (seeds × examples), for the methods finished on all ``seeds``."""
     from polar_vbll.metrics import ece, nll, paired_bootstrap
 
-    loaded = {m: np.load(cell_dir(runs, task, seed, m) / "probs.npz") for m in METHODS}
+    def pooled(method):
+        files = [cell_dir(runs, task, seed, method) / "probs.npz" for seed in seeds]
+        if not all(f.exists() for f in files):
+            return None
+        loaded = [np.load(f) for f in files]
+        return np.concatenate([d["probs"] for d in loaded]), np.concatenate([d["labels"] for d in loaded])
+
+    predictions = {m: found for m in METHODS if (found := pooled(m)) is not None}
     out: dict = {}
-    for method, data in loaded.items():
+    for method, (probs, labels) in predictions.items():
         for ref in REFERENCES:
-            if ref == method:
+            if ref not in predictions or not compared(method, ref):
                 continue
-            base = loaded[ref]
-            assert np.array_equal(data["labels"], base["labels"])
+            base_probs, base_labels = predictions[ref]
+            assert np.array_equal(labels, base_labels)
             out.setdefault(method, {})[ref] = {
-                name: paired_bootstrap(fn, data["probs"], base["probs"], data["labels"], seed=seed)
+                name: paired_bootstrap(fn, probs, base_probs, labels)
                 for name, fn in (("cal/ece", ece), ("cls/nll", nll))
             }
     return out
@@ -107,12 +140,15 @@ def intervals(runs: Path, task: str, seed: int) -> dict:
 
 def markdown(data: dict) -> list[str]:
     lines = [
-        "# The exact VBLL head phase (SmolLM2-135M, dequantized 4-bit GGUF)",
+        "# PoLAR-VBLL's exact head phase against the baselines (SmolLM2-135M, dequantized 4-bit GGUF)",
         "",
         f"Recipe: {data['steps']} steps × batch {data['batch_size']}, r 8 on q_proj, v_proj, lr 1e-3, precision "
         f"{data['precision']}; {data['calibration_size']} training examples held out of every run (TS fits its "
         f"temperature there); evaluation on the first {data['eval_limit']} validation examples. Exact head: the "
-        "default options (a solve every 20 adapter steps and at the end, on 512 cached training features). "
+        "default options (a solve every 20 adapter steps and at the end, on 512 training features). MCD: dropout "
+        "0.1, 10 passes; ENS: 3 LoRA members; BLoB, ScalaBL: 10 passes; LA: K-FAC over LoRA and head, prior "
+        "precision by marginal likelihood on 512 training examples; PoLAR-MAP + LLLA: the same Laplace on the head "
+        "only; TFB: σ searched on the held-out examples (at most 1 % of predictions changed), 10 passes. "
         "Intervals: 95 % paired bootstrap (2,000 resamples) of the difference method − reference; **bold** when it "
         "excludes 0.",
         "",
@@ -137,16 +173,23 @@ def markdown(data: dict) -> list[str]:
                 f"| {method} | {len(done)} | {mean('cls/acc'):.4f} | {mean('cal/ece'):.4f} | {mean('cls/nll'):.4f} | "
                 f"{mean('unc/epistemic_mean'):.4f} | {share:.2f} |"
             )
-        lines += ["", "| method − reference (seed) | ΔECE [95 %] | ΔNLL [95 %] |", "|---|---|---|"]
-        for seed, found in data["intervals"].get(task, {}).items():
-            for method, refs in found.items():
-                for ref, metrics in refs.items():
-                    cells = []
-                    for key in ("cal/ece", "cls/nll"):
-                        i = metrics[key]
-                        text = f"{i['diff']:+.4f} [{i['low']:+.4f}, {i['high']:+.4f}]"
-                        cells.append(f"**{text}**" if i["low"] > 0 or i["high"] < 0 else text)
-                    lines.append(f"| {method} − {ref} ({seed}) | " + " | ".join(cells) + " |")
+        found = data["intervals"].get(task, {})
+        if found:
+            lines += [
+                "",
+                f"Differences on the predictions of seeds {found['seeds']} pooled, with their 95 % intervals:",
+                "",
+                "| method − reference | ΔECE [95 %] | ΔNLL [95 %] |",
+                "|---|---|---|",
+            ]
+        for method, refs in found.get("methods", {}).items():
+            for ref, metrics in refs.items():
+                cells = []
+                for key in ("cal/ece", "cls/nll"):
+                    i = metrics[key]
+                    text = f"{i['diff']:+.4f} [{i['low']:+.4f}, {i['high']:+.4f}]"
+                    cells.append(f"**{text}**" if i["low"] > 0 or i["high"] < 0 else text)
+                lines.append(f"| {method} − {ref} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
@@ -159,6 +202,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eval-limit", type=int, default=1000)
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="only these (and the runs they refine)")
     parser.add_argument("--runs", default="runs/head_phase", help="cell folders (default %(default)s)")
     add_precision_argument(parser, "every run")
     parser.add_argument("--worker", nargs=3, metavar=("TASK", "SEED", "METHOD"), help=argparse.SUPPRESS)
@@ -175,18 +219,20 @@ def main() -> None:
     path = RESULTS / "head_phase.json"
     recorded = json.loads(path.read_text()) if path.exists() else {}
     settings = {
+        "model": args.model,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "eval_limit": args.eval_limit,
         "precision": resolved_name(args.precision),
         "calibration_size": FitConfig().calibration_size,
     }
+    recorded.setdefault("model", "smollm2-135m")  # results written before the model was recorded
     same = all(recorded.get(k) == v for k, v in settings.items())
     data = {**settings, "cells": recorded.get("cells", {}) if same else {}, "intervals": {}}
     for task in args.tasks:
         for seed in args.seeds:
             cells = data["cells"].setdefault(task, {}).setdefault(str(seed), {})
-            for method in METHODS:
+            for method in selected(args.methods):
                 folder = cell_dir(Path(args.runs), task, seed, method)
                 if (folder / "cell.json").exists() and (folder / "probs.npz").exists():
                     cells[method] = json.loads((folder / "cell.json").read_text())
@@ -194,9 +240,8 @@ def main() -> None:
                 print(f"{task} seed {seed}: {method}", flush=True)
                 cells[method] = run_worker(__file__, *flags, "--worker", task, str(seed), method)
     for task, seeds in data["cells"].items():
-        for seed in seeds:
-            if all((cell_dir(Path(args.runs), task, int(seed), m) / "probs.npz").exists() for m in METHODS):
-                data["intervals"].setdefault(task, {})[seed] = intervals(Path(args.runs), task, int(seed))
+        numbers = sorted(int(seed) for seed in seeds)
+        data["intervals"][task] = {"seeds": numbers, "methods": intervals(Path(args.runs), task, numbers)}
     command = shlex.join(["python", "benchmarks/head_phase.py", *sys.argv[1:]])
     write_results(RESULTS / "head_phase", data, markdown(data), machine_info(), command)
 

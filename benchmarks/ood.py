@@ -35,7 +35,10 @@ REFERENCE = "msp"  # a fixed criterion every method has, next to each method's b
 
 def worker(run: Path, limit: int | None) -> dict:
     from polar_vbll.engine import evaluate_run
+    from polar_vbll.outputs import claim
 
+    if not (run / "ood").exists():  # (one written before this was claimed stays as it is)
+        claim(run, "ood")  # in the run folder's marker: `fit --overwrite` of the run removes its OOD evaluation too
     report = evaluate_run(run, limit=limit, ood=OOD_TASKS, out=run / "ood", progress=False)
     return {
         "id": {"n": report["n"], "metrics": report["metrics"]},
@@ -101,6 +104,28 @@ def markdown(profile: str, limit, rows: dict, missing: list[str], command: str, 
             cells = [f"{d['ood/auroc']:.3f} ({d['ood/fpr95']:.2f})" for d in det]
             mean = statistics.mean(d["ood/auroc"] for d in det)
             lines.append(f"| {method} | {label} | " + " | ".join(cells) + f" | {mean:.3f} |")
+    lines += [
+        "",
+        "## Epistemic uncertainty in distribution and under shift",
+        "",
+        "Mean epistemic uncertainty (the mutual information between the prediction and the posterior sample, nats) "
+        "on each set, the mean ratio OOD ÷ ID, and the AUROC of mutual information as the OOD score (methods whose "
+        "samples differ).",
+        "",
+        "| method | OBQA (ID) | " + " | ".join(OOD_TASKS) + " | OOD ÷ ID | MI AUROC, mean |",
+        "|---|---|" + "---|" * (len(OOD_TASKS) + 2),
+    ]
+    for method, row in rows.items():
+        inside = row["id"]["metrics"]["unc/epistemic_mean"]
+        outside = [row["ood"][t]["metrics"]["unc/epistemic_mean"] for t in OOD_TASKS]
+        if inside <= 1e-6 and max(outside) <= 1e-6:
+            continue  # a point estimate: no epistemic part
+        mi = [row["ood"][t]["detection"].get("mutual_info") for t in OOD_TASKS]
+        auroc = f"{statistics.mean(d['ood/auroc'] for d in mi):.3f}" if all(mi) else "n/a"
+        ratio = statistics.mean(outside) / inside if inside > 0 else float("inf")
+        lines.append(
+            f"| {method} | {inside:.4f} | " + " | ".join(f"{v:.4f}" for v in outside) + f" | {ratio:.2f} | {auroc} |"
+        )
     if missing:
         lines += ["", "Pending (not evaluated yet): " + ", ".join(missing) + "."]
     lines += footer(machine, command)
@@ -136,8 +161,8 @@ def main() -> None:
     runs = Path(args.runs or f"runs/calibration/{name}")
     seed = PROFILES[args.profile].seeds[0]
     results = RESULTS / f"ood_{name}.json"
-    recorded = json.loads(results.read_text()) if results.exists() else {}
-    recorded = recorded.get("rows", {}) if recorded.get("limit") == args.limit else {}  # the runs aren't committed
+    previous = json.loads(results.read_text()) if results.exists() else {}
+    recorded = previous.get("rows", {}) if previous.get("limit") == args.limit else {}  # the runs aren't committed
 
     selected = args.methods or list(METHODS)
     if args.reevaluate:
@@ -155,7 +180,7 @@ def main() -> None:
             flags = [f"--profile={args.profile}", f"--runs={runs}", f"--precision={args.precision}", "--rebuild-runs"]
             flags += ["--tasks", ID_TASK]
             subprocess.run([sys.executable, calibration, *flags, "--methods", *needed], check=True)
-    rows, missing = {}, []
+    rows, missing, measured_now = {}, [], False
     for method in tqdm(METHODS, desc=f"ood {args.profile}"):
         run = cell_dir(runs, ID_TASK, seed, method)
         done = run / "ood" / "ood.json"
@@ -168,12 +193,14 @@ def main() -> None:
         start = time.perf_counter()
         flags = [f"--profile={args.profile}", "--worker", str(run)] + ([f"--limit={args.limit}"] if args.limit else [])
         rows[method] = {**run_worker(__file__, *flags), "wall_s": time.perf_counter() - start}
+        measured_now = True
         claim(done.parent, done.name)
         atomic_write_json(done, rows[method])
         best = rows[method]["best_criterion"]
         mean = statistics.mean(rows[method]["ood"][t]["detection"][best]["ood/auroc"] for t in OOD_TASKS)
         tqdm.write(f"{method}: best criterion {best}, mean AUROC {mean:.3f} ({rows[method]['wall_s']:.0f} s)")
-    machine = machine_info()
+    # a table rewritten from recorded rows keeps the machine that measured them
+    machine = machine_info() if measured_now or "machine" not in previous else previous["machine"]
     command = f"python benchmarks/ood.py --profile {args.profile} --precision {resolved_name(args.precision)}"
     command += f" --limit {args.limit}" if args.limit else ""
     atomic_write_json(

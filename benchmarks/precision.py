@@ -91,7 +91,7 @@ class Trainer:
         self.backbone.train()
         self.head.train()
         start = time.perf_counter()
-        loss = self.head.training_loss(self.backbone, batch, train_backbone=train_backbone)[0]
+        loss = self.head.training_loss(self.backbone, batch, train_backbone=train_backbone).loss
         forward = time.perf_counter()
         self.adapter_opt.zero_grad(set_to_none=True)
         self.head_opt.zero_grad(set_to_none=True)

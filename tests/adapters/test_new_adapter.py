@@ -50,7 +50,7 @@ class OuterLinear(AdapterLinear):
 ADAPTERS.register("test_outer", AdapterMethod(OuterConfig, OuterLinear))  # the one line
 
 TRAINS = ["vbll", "map", "mle", "temperature", "mc_dropout", "ensemble", "laplace"]
-REFUSED = {"blob": "gaussian_factor"}
+REFUSED = {"blob": "gaussian_factor", "scalabl": "gaussian_factor", "tfb": "gaussian_factor"}
 
 
 def test_every_uncertainty_method_is_covered():

@@ -136,11 +136,18 @@ def test_map_lora_trains_jointly_with_weight_decay(tiny_dir, task_dir, tmp_path)
 
 
 def test_reloaded_run_evaluates_to_its_report(tiny_dir, task_dir, tmp_path):
-    fit(config(tiny_dir, task_dir, steps=2), tmp_path / "run", progress=False)
+    from polar_vbll.engine.inference import evaluate_components
+
+    run = fit(config(tiny_dir, task_dir, steps=2), tmp_path / "run", progress=False)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     again = evaluate_run(tmp_path / "run", progress=False, out=tmp_path / "again")
     assert again["metrics"] == report["metrics"] and again["trained_on"] == "toy"
-    assert load_run(tmp_path / "run").head.config.covariance == "dense"
+    loaded = load_run(tmp_path / "run")
+    assert loaded.head.config.covariance == "dense" and loaded.evaluation is None
+    # the fit's own evaluation (its probabilities, in the evaluated order) is the reloaded run's
+    evaluation = evaluate_components(loaded.backbone, loaded.head, loaded.task, loaded.config)
+    assert run.evaluation is not None and run.evaluation["metrics"] == report["metrics"]
+    assert torch.equal(torch.as_tensor(run.evaluation["probs"]), torch.as_tensor(evaluation["probs"]))
     with pytest.raises(PolarVBLLError, match="answers with"):
         evaluate_run(tmp_path / "run", task="sst2", progress=False)
 

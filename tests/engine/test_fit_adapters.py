@@ -96,14 +96,21 @@ def test_export_lora_from_the_command_line(tiny_dir, task_dir, tmp_path):  # noq
         ("lora", "blob"),
         ("polar", "blob"),
         ("pissa", "blob"),
+        ("lora", "scalabl"),
+        ("polar", "scalabl"),
+        ("pissa", "tfb"),
+        ("polar", "tfb"),
         ("lora", "laplace"),
         ("s2ft", "laplace"),
     ],
 )
 def test_uq_methods_train_and_reload_to_their_report(adapter, uq, tiny_dir, task_dir, tmp_path):  # noqa: F811
-    cheap = {"ensemble": {"size": 2}, "mc_dropout": {"samples": 3}, "blob": {"samples": 3}}.get(uq, {})
+    cheap = {"ensemble": {"size": 2}, "mc_dropout": {"samples": 3}, "blob": {"samples": 3}, "scalabl": {"samples": 3}}
+    cheap["tfb"] = {"samples": 3, "search_steps": 2}
     options = {"calibration_size": 6, **OPTIONS.get(adapter, {})}
-    uq_config = {"method": uq, **cheap}
+    if uq == "tfb":  # its anchor examples: a sample of 8 training examples (no held-out ones here)
+        options["laplace_samples"] = 8
+    uq_config = {"method": uq, **cheap.get(uq, {})}
     result = fit(
         config(tiny_dir, task_dir, adapter=adapter, uq=uq_config, steps=3, **options), tmp_path / "run", progress=False
     )

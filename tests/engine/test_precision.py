@@ -87,7 +87,7 @@ ADAPTER_OPTIONS = {
 @pytest.mark.parametrize(
     ("adapter", "uq"),
     [(adapter, "map") for adapter in ADAPTER_OPTIONS]
-    + [("lora", uq) for uq in ("mc_dropout", "ensemble", "laplace", "blob", "temperature")]
+    + [("lora", uq) for uq in ("mc_dropout", "ensemble", "laplace", "blob", "scalabl", "tfb", "temperature")]
     + [("polar", "blob"), ("polar", "laplace")],
 )
 def test_every_adapter_and_method_trains_in_bf16(adapter, uq, tiny_dir, task_dir, tmp_path):  # noqa: F811

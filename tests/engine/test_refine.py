@@ -14,6 +14,7 @@ from tests.engine.test_fit import config, task_dir  # noqa: F401  (fixture)
     [
         ("map", {"laplace": True}, {"uq": "laplace", "post_hoc": ["laplace_lora"]}),
         ("map", {"temperature_scaling": True}, {"uq": "temperature", "post_hoc": ["temperature"]}),
+        ("map", {"tfb": True}, {"uq": "tfb", "post_hoc": ["tfb"]}),
         ("vbll", {"laplace": True}, {"uq": "vbll", "post_hoc": ["last_layer_laplace"]}),
         (
             "vbll",
@@ -35,6 +36,8 @@ def test_refined_run_equals_the_method_trained_from_scratch(uq, post_hoc, expect
         assert refined.report["calibration"] == scratch.report["calibration"]
     if expected.get("uq") == "laplace":
         assert refined.report["posterior"] == scratch.report["posterior"]
+    if expected.get("uq") == "tfb":
+        assert refined.report["tfb"] == scratch.report["tfb"] and refined.report["tfb"]["sigma"] > 0
     assert evaluate_run(tmp_path / "refined", progress=False)["metrics"] == refined.report["metrics"]
     assert torch.equal(source.head.temperature, torch.ones(()))  # the source run is left as it was
 
@@ -43,7 +46,7 @@ def test_refine_refuses_what_it_cannot_do(tiny_dir, task_dir, tmp_path):  # noqa
     fit(config(tiny_dir, task_dir, uq="map", steps=1), tmp_path / "run", progress=False)
     with pytest.raises(PolarVBLLError, match="none is left to fit a temperature"):
         refine(tmp_path / "run", tmp_path / "ts", temperature_scaling=True, progress=False)
-    with pytest.raises(PolarVBLLError, match="ask for temperature_scaling and/or laplace"):
+    with pytest.raises(PolarVBLLError, match="ask for temperature_scaling, laplace and/or tfb"):
         refine(tmp_path / "run", tmp_path / "x", progress=False)
     with pytest.raises(PolarVBLLError, match="--out must differ"):
         refine(tmp_path / "run", tmp_path / "run", laplace=True, progress=False)
@@ -51,6 +54,12 @@ def test_refine_refuses_what_it_cannot_do(tiny_dir, task_dir, tmp_path):  # noqa
         refined_config(FitConfig(uq="mc_dropout"), laplace=True)
     with pytest.raises(PolarVBLLError, match="unknown option"):
         refined_config(FitConfig(uq="map"), laplace=True, steps=3)
+    with pytest.raises(PolarVBLLError, match="a TFB refinement needs a map run, this one is 'vbll'"):
+        refined_config(FitConfig(uq="vbll"), tfb=True)
+    with pytest.raises(PolarVBLLError, match="ask for one"):
+        refined_config(FitConfig(uq="map"), laplace=True, tfb=True)
+    with pytest.raises(PolarVBLLError, match=r"tfb options \['samples'\] need --tfb"):
+        refined_config(FitConfig(uq="map"), laplace=True, tfb_samples=3)
     with pytest.raises(PolarVBLLError, match="missing: no such run folder"):
         refine(tmp_path / "missing", tmp_path / "y", laplace=True, progress=False)
     with pytest.raises(PolarVBLLError, match="temperature needs calibration_holdout"):

@@ -28,7 +28,7 @@ def trained(member_seeds, steps=3):
     batch = collate(encode_items(backbone.tokenizer, task, task.load("train")[:8], 64), 0, 2)
     optimizer = torch.optim.Adam(adapter_parameters(backbone.model) + list(head.parameters()), lr=1e-2)
     for _ in range(steps):
-        loss, _, _ = head.training_loss(backbone, batch)
+        loss = head.training_loss(backbone, batch).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

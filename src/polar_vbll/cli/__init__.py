@@ -20,7 +20,7 @@ from .commands import (
     cmd_refine,
     cmd_report,
 )
-from .flags import add_fit_parser
+from .flags import add_dataclass_flags, add_fit_parser
 
 __all__ = ["OneLineParser", "build_parser", "main", "positive_int"]
 
@@ -52,6 +52,7 @@ def add_precision_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from ..models import DEFAULT_MODEL
+    from ..uq import TFBConfig
 
     parser = OneLineParser(prog="polar-vbll", description="Calibrated fine-tuning of language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "refine",
-        help="add a post-hoc method to a finished run without retraining (Laplace, temperature scaling)",
-        description="Write a new run folder: MAP → Laplace-LoRA (--laplace) or temperature scaling; VBLL → + "
-        "last-layer Laplace and/or a temperature. Equals `fit` of that method on the same data.",
+        help="add a post-hoc method to a finished run without retraining (Laplace, TFB, temperature scaling)",
+        description="Write a new run folder: MAP → Laplace-LoRA (--laplace), TFB (--tfb) or temperature scaling; "
+        "VBLL → + last-layer Laplace and/or a temperature. Equals `fit` of that method on the same data.",
     )
     p.add_argument("run_dir", help="a finished run folder written by `fit`")
     p.add_argument("--out", required=True, help="folder for the refined run")
@@ -112,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["adapter", "last_layer"],
         help="Laplace-LoRA weights (default: the adapter's and the head's)",
     )
+    p.add_argument(
+        "--tfb", action="store_true", help="training-free Bayesianization of a MAP run's adapter (LoRA's A, PoLAR's Θ)"
+    )
+    add_dataclass_flags(p.add_argument_group("TFB options (with --tfb)"), TFBConfig, prefix="tfb_")
     add_precision_flag(p, "compute precision of the post-hoc steps and the evaluation (default: the run's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -225,12 +225,14 @@ def cmd_export_lora(args: argparse.Namespace) -> None:
 def cmd_refine(args: argparse.Namespace) -> None:
     from ..engine import refine
 
-    options = {k: getattr(args, k) for k in ("laplace_samples", "la_subset") if getattr(args, k) is not None}
+    names = ["laplace_samples", "la_subset", *(k for k in vars(args) if k.startswith("tfb_"))]
+    options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     result = refine(
         args.run_dir,
         args.out,
         temperature_scaling=args.temperature_scaling,
         laplace=args.laplace,
+        tfb=args.tfb,
         overwrite=args.overwrite,
         progress=not args.quiet,
         command=shlex.join(["polar-vbll", *args.argv]),

@@ -31,7 +31,7 @@ def flag_options(hint: Any) -> dict[str, Any]:
     return {"type": hint}
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str = "", skip: tuple = ()) -> None:
+def add_dataclass_flags(parser: argparse._ActionsContainer, cls, prefix: str = "", skip: tuple = ()) -> None:
     """One flag per dataclass field, parsed by the field's type, with its help text; defaults stay None (not given)."""
     hints = field_types(cls)
     for f in fields(cls):

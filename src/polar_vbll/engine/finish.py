@@ -57,7 +57,7 @@ def finish_run(
         if warning:
             report.sections["warning"] = warning
     report.write(out, calibration_plots(evaluation))
-    return FitResult(out, report.to_dict(), config, backbone, head, task)
+    return FitResult(out, report.to_dict(), config, backbone, head, task, evaluation)
 
 
 def _run_report(config, backbone, task, evaluation, out, command, trainable, total, train_s, start_step) -> Report:

@@ -1,5 +1,6 @@
-"""The exact head phase: features of a buffer of training examples, computed once without a backward pass, and the
-head solved on them (``UQHead.solve``; VBLL's is :mod:`polar_vbll.uq.vbll_solve`)."""
+"""The exact head phase: features of a buffer of training examples, computed once without a backward pass (or kept
+from the adapter steps, :class:`StepFeatures`), and the head solved on them (``UQHead.solve``; VBLL's is
+:mod:`polar_vbll.uq.vbll_solve`)."""
 
 from __future__ import annotations
 
@@ -41,19 +42,57 @@ def buffer_items(items: list, size: int, seed: int, step: int) -> list:
     return [items[i] for i in sorted(torch.randperm(len(items), generator=generator)[:size].tolist())]
 
 
+class StepFeatures:
+    """The features (M, d) fp32, labels (M,) and choice masks (M, C) of the last ``size`` training examples the
+    adapter steps saw, oldest first: an exact head phase's buffer at no backbone cost (features up to
+    ``size / batch_size`` adapter steps old). Part of a checkpoint, so that a resumed run solves on the same."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.tensors["labels"]) if self.tensors else 0
+
+    def add(self, features: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> None:
+        new = {"features": features, "labels": labels, "masks": masks}
+        if self.tensors:
+            new = {key: torch.cat([self.tensors[key], value]) for key, value in new.items()}
+        self.tensors = {key: value[-self.size :] for key, value in new.items()}
+
+    def contents(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.tensors["features"], self.tensors["labels"], self.tensors["masks"]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.tensors)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.tensors = dict(state)
+
+
 def head_phase(
-    backbone: Backbone, head: UQHead, task: TaskSpec, items: list, config: FitConfig, step: int
+    backbone: Backbone,
+    head: UQHead,
+    task: TaskSpec,
+    items: list,
+    config: FitConfig,
+    step: int,
+    recent: StepFeatures | None = None,
 ) -> dict[str, float]:
-    """Solve ``head`` on the features of its buffer at ``step``; returns what to log (``head_*``), with the seconds
-    the features (``head_features_s``) and the solve (``head_solve_s``) took."""
+    """Solve ``head`` on the features of its buffer at ``step`` (those of ``recent`` when it holds any); returns what
+    to log (``head_*``), with the seconds the features (``head_features_s``) and the solve (``head_solve_s``)
+    took."""
     start = time.perf_counter()
-    chosen = buffer_items(items, head.solve_buffer, config.seed, step)
-    features, labels, masks = cached_features(backbone, task, chosen, config.max_length, config.eval_batch_size)
+    if recent is not None and len(recent):
+        features, labels, masks = recent.contents()
+    else:
+        chosen = buffer_items(items, head.solve_buffer, config.seed, step)
+        features, labels, masks = cached_features(backbone, task, chosen, config.max_length, config.eval_batch_size)
     cached = time.perf_counter()
     solved = head.solve(features, labels, masks, n_total=len(items))
     return {
         **{f"head_{key}": value for key, value in solved.items()},
-        "head_buffer": len(chosen),
+        "head_buffer": len(labels),
         "head_features_s": cached - start,
         "head_solve_s": time.perf_counter() - cached,
     }

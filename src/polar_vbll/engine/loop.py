@@ -41,7 +41,7 @@ from .checkpoint import (
     truncate_log,
 )
 from .finish import finish_run
-from .head_phase import head_phase
+from .head_phase import StepFeatures, head_phase
 from .result import FitResult
 from .schedule import batch_indices, phase_of, warmup_linear
 from .zero_shot import ZERO_SHOT_FILE, zero_shot_metrics
@@ -102,9 +102,11 @@ def fit(
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
+    solve_every = head.solve_every  # an exact head phase replaces the stochastic head steps
+    recent = StepFeatures(head.solve_buffer) if solve_every and head.solve_on_step_features else None
     start_step, correct, seen = 0, 0, 0
     if resume:
-        start_step, correct, seen = load_checkpoint(out / "checkpoint", backbone, head, optimizers)
+        start_step, correct, seen = load_checkpoint(out / "checkpoint", backbone, head, optimizers, recent)
         truncate_log(out / "train_log.jsonl", start_step)
     else:
         claim(out, "config.json", "train_log.jsonl", "checkpoint", ZERO_SHOT_FILE)
@@ -119,12 +121,11 @@ def fit(
     )
     train_start = time.perf_counter()
     step = start_step
-    solve_every = head.solve_every  # an exact head phase replaces the stochastic head steps
     try:
         for step in bar:
             solved = {}
             if solve_every and step % solve_every == 0:
-                solved = head_phase(backbone, head, task, items, config, step)
+                solved = head_phase(backbone, head, task, items, config, step, recent)
             backbone.train()
             head.train()
             idx = batch_indices(step, config.batch_size, len(items), config.seed)
@@ -139,7 +140,9 @@ def fit(
             for optimizer in optimizers:
                 for group in optimizer.param_groups:
                     group["lr"] = group["initial_lr"] * factor
-            loss, terms, point = head.training_loss(backbone, batch, train_backbone=phase != "head")
+            loss, terms, point, features = head.training_loss(backbone, batch, train_backbone=phase != "head")
+            if recent is not None and features is not None:
+                recent.add(features, batch["labels"], batch["choice_mask"])
             adapter_opt.zero_grad(set_to_none=True)
             head_opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -172,7 +175,7 @@ def fit(
                 **{key: f"{value:.3g}" for key, value in terms.items()},
             )
             if (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0) or step + 1 == config.steps:
-                save_checkpoint(out / "checkpoint", step + 1, backbone, head, optimizers, correct, seen)
+                save_checkpoint(out / "checkpoint", step + 1, backbone, head, optimizers, correct, seen, recent)
                 checkpoint_step = step + 1
             for callback in callbacks:
                 callback(step + 1, logs)
@@ -182,7 +185,7 @@ def fit(
     bar.close()
     try:
         extra = {}
-        if solve_every:  # the head solved on the final adapter's features
+        if solve_every:  # the head solved on the final adapter's features (fresh ones)
             extra["head_phase"] = head_phase(backbone, head, task, items, config, config.steps)
         return finish_run(
             config,

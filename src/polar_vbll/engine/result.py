@@ -22,6 +22,9 @@ class FitResult:
     backbone: Backbone
     head: UQHead
     task: TaskSpec
+    #: the report's evaluation (``fit`` and ``refine``; None from ``load_run``): "probs" (N, C), "labels" (N,),
+    #: "scores" (OOD criteria), "metrics", in the order of the evaluated examples
+    evaluation: dict | None = None
 
     def predict(self, questions: list[dict] | None = None, **options) -> Predictions:
         """Predictions with uncertainty on new ``questions`` or a task split: see :func:`predict_with`."""

@@ -66,30 +66,27 @@ def with_precision(config: FitConfig, precision: str) -> FitConfig:
     return replace(config, precision=resolved_name(precision), base_dtype=None)
 
 
-def refined_config(config: FitConfig, temperature_scaling: bool = False, laplace: bool = False, **options):
+def refined_config(
+    config: FitConfig, temperature_scaling: bool = False, laplace: bool = False, tfb: bool = False, **options
+):
     """The config that ``fit`` would train into the same weights as ``config``, plus the post-hoc steps asked for:
-    ``laplace`` turns MAP into Laplace-LoRA (``uq laplace``) and adds a last-layer Laplace to VBLL;
-    ``temperature_scaling`` fits T on the run's held-out examples. ``options``: ``laplace_samples``, ``la_subset``
-    (Laplace-LoRA's ``subset``).
+    ``laplace`` turns MAP into Laplace-LoRA (``uq laplace``) and adds a last-layer Laplace to VBLL; ``tfb`` turns
+    MAP into TFB (``uq tfb``); ``temperature_scaling`` fits T on the run's held-out examples. ``options``:
+    ``laplace_samples``, ``la_subset`` (Laplace-LoRA's ``subset``), ``tfb_<option>`` (TFB's options).
     """
-    if not (temperature_scaling or laplace):
-        raise PolarVBLLError("refine: ask for temperature_scaling and/or laplace")
+    if not (temperature_scaling or laplace or tfb):
+        raise PolarVBLLError("refine: ask for temperature_scaling, laplace and/or tfb")
+    if laplace and tfb:
+        raise PolarVBLLError("refine: laplace and tfb are two posteriors over the same weights; ask for one")
+    tfb_options = {key.removeprefix("tfb_"): options.pop(key) for key in list(options) if key.startswith("tfb_")}
     unknown = set(options) - {"laplace_samples", "la_subset"}
     if unknown:
-        raise PolarVBLLError(f"refine: unknown option(s) {sorted(unknown)} (laplace_samples, la_subset)")
+        raise PolarVBLLError(f"refine: unknown option(s) {sorted(unknown)} (laplace_samples, la_subset, tfb_*)")
     data = config.to_dict()
     steps = list(config.post_hoc or [])
-    refinements = UQ_METHODS.get(config.uq.method).refinements
-    if laplace:
-        change = refinements.get("laplace")
-        done = change is not None and change.get("post_hoc") in steps
-        if change is None or done:
-            able = [name for name in UQ_METHODS if "laplace" in UQ_METHODS.get(name).refinements]
-            raise PolarVBLLError(
-                f"refine: a Laplace refinement needs a {' or '.join(able)} run, this one is {config.uq.method!r}"
-                + (" (refined already)" if done else "")
-            )
-        data, steps = _apply(change, data, steps)
+    for name, asked in (("laplace", laplace), ("tfb", tfb)):
+        if asked:
+            data, steps = _apply(_refinement(config.uq.method, name, steps), data, steps)
     if temperature_scaling:
         if "temperature" in steps:
             raise PolarVBLLError("refine: the run already has a fitted temperature")
@@ -98,15 +95,33 @@ def refined_config(config: FitConfig, temperature_scaling: bool = False, laplace
                 "refine: the run trained on every training example, so none is left to fit a temperature on "
                 "(train with --calibration-holdout)"
             )
-        # MAP + temperature is the method "temperature"; after a Laplace refinement it is a step of that method
-        change = refinements.get("temperature", {}) if not laplace else {}
+        # MAP + temperature is the method "temperature"; after another refinement it is a step of that method
+        change = UQ_METHODS.get(config.uq.method).refinements.get("temperature", {}) if not (laplace or tfb) else {}
         data, steps = _apply({"post_hoc": "temperature", **change}, data, steps)
     subset = options.pop("la_subset", None)
     if subset is not None:
         if "subset" not in UQ_METHODS.get(data["uq"]["method"]).config.help():
             raise PolarVBLLError(f"refine: la_subset sets Laplace-LoRA's subset; uq {data['uq']['method']!r} has none")
         data["uq"]["subset"] = subset
+    if tfb_options:
+        if data["uq"]["method"] != "tfb":
+            raise PolarVBLLError(f"refine: tfb options {sorted(tfb_options)} need --tfb")
+        data["uq"].update(tfb_options)
     return FitConfig.from_dict({**data, **options, "post_hoc": ordered_steps(steps)})
+
+
+def _refinement(method: str, name: str, steps: list[str]) -> dict[str, str]:
+    """What refinement ``name`` ("laplace", "tfb") changes in a ``method`` run, or a one-line error."""
+    change = UQ_METHODS.get(method).refinements.get(name)
+    done = change is not None and change.get("post_hoc") in steps
+    if change is None or done:
+        able = [other for other in UQ_METHODS if name in UQ_METHODS.get(other).refinements]
+        title = {"laplace": "a Laplace", "tfb": "a TFB"}[name]
+        raise PolarVBLLError(
+            f"refine: {title} refinement needs a {' or '.join(able)} run, this one is {method!r}"
+            + (" (refined already)" if done else "")
+        )
+    return change
 
 
 def _apply(change: dict[str, str], data: dict, steps: list[str]) -> tuple[dict, list[str]]:
@@ -126,6 +141,7 @@ def refine(
     *,
     temperature_scaling: bool = False,
     laplace: bool = False,
+    tfb: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     command: str | None = None,
@@ -134,13 +150,13 @@ def refine(
 ) -> FitResult:
     """A post-hoc method on a finished run, without retraining, written as a new run folder ``out``.
 
-    The result equals ``fit`` of :func:`refined_config` (same weights, same post-hoc steps): MAP → Laplace-LoRA or
-    temperature scaling, VBLL → + last-layer Laplace and/or a temperature. ``precision``: compute the post-hoc
+    The result equals ``fit`` of :func:`refined_config` (same weights, same post-hoc steps): MAP → Laplace-LoRA, TFB
+    or temperature scaling, VBLL → + last-layer Laplace and/or a temperature. ``precision``: compute the post-hoc
     steps and the evaluation in ``fp32``, ``bf16`` or ``auto`` (default: the run's).
     """
     run_dir, out = Path(run_dir), Path(out)
     saved, source_report = read_run(run_dir)
-    config = refined_config(saved, temperature_scaling, laplace, **options)
+    config = refined_config(saved, temperature_scaling, laplace, tfb, **options)
     if precision is not None:
         config = with_precision(config, precision)
     if out.resolve() == run_dir.resolve():
@@ -151,7 +167,7 @@ def refine(
     claim(out, "config.json", "train_log.jsonl")
     atomic_write_json(out / "config.json", config.to_dict())
     shutil.copyfile(run_dir / "train_log.jsonl", out / "train_log.jsonl")
-    flags = ["--temperature-scaling"] * temperature_scaling + ["--laplace"] * laplace
+    flags = ["--temperature-scaling"] * temperature_scaling + ["--laplace"] * laplace + ["--tfb"] * tfb
     command = command or " ".join(["polar-vbll refine", str(run_dir), "--out", str(out), *flags])
     return finish_run(
         config,

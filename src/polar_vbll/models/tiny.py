@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import PolarVBLLError
 from .backbone import Backbone
 
 _CORPUS = [
@@ -52,11 +53,17 @@ def tiny_llama(
     intermediate_size: int = 64,
     tie_word_embeddings: bool = True,
     seed: int = 0,
+    architecture: str = "llama",
 ):
-    """A randomly initialized ``LlamaForCausalLM`` small enough for unit tests (fp32, eager CPU)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A randomly initialized decoder small enough for unit tests (fp32, eager CPU): ``LlamaForCausalLM``, or
+    ``Qwen2ForCausalLM`` with ``architecture="qwen2"`` (biased q/k/v projections: a second architecture)."""
+    import transformers
 
-    config = LlamaConfig(
+    classes = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}
+    if architecture not in classes:
+        raise PolarVBLLError(f"tiny_llama: architecture must be one of {sorted(classes)}, got {architecture!r}")
+    config_class, model_class = (getattr(transformers, name) for name in classes[architecture])
+    config = config_class(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         num_hidden_layers=num_hidden_layers,
@@ -71,12 +78,13 @@ def tiny_llama(
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = model_class(config)
     return model.eval()
 
 
 def tiny_backbone(add_bos: bool = True, seed: int = 0, **config) -> Backbone:
-    """A tiny random Llama with the tiny tokenizer, wrapped as a :class:`Backbone`."""
+    """A tiny random Llama (or ``architecture="qwen2"``) with the tiny tokenizer, wrapped as a :class:`Backbone`."""
     tokenizer = tiny_tokenizer(add_bos=add_bos)
     model = tiny_llama(len(tokenizer), seed=seed, **config)
-    return Backbone(model, tokenizer, "tiny-llama", source="random init (tests)").eval()
+    name = f"tiny-{config.get('architecture', 'llama')}"
+    return Backbone(model, tokenizer, name, source="random init (tests)").eval()

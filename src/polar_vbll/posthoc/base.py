@@ -33,13 +33,20 @@ class PostHocContext:
 
     def training_sample(self) -> list[dict]:
         """Batches of a seeded random subset (``laplace_samples``) of the training examples."""
+        generator = torch.Generator().manual_seed(self.config.seed)
+        order = torch.randperm(len(self.items), generator=generator)[: self.config.laplace_samples]
+        return self.batches([self.items[i] for i in order.tolist()])
+
+    def anchor_batches(self) -> list[dict]:
+        """Batches of the held-out training examples when the run holds some out, else :meth:`training_sample`:
+        examples the adapter was not fitted to, where they exist."""
+        return self.batches(self.held_out) if self.held_out else self.training_sample()
+
+    def batches(self, items: list) -> list[dict]:
+        """``items`` encoded in evaluation batches (sorted by length)."""
         config = self.config
-        generator = torch.Generator().manual_seed(config.seed)
-        order = torch.randperm(len(self.items), generator=generator)[: config.laplace_samples]
-        chosen = [self.items[i] for i in order.tolist()]
-        tokenizer = self.backbone.tokenizer
-        batches = encoded_batches(tokenizer, self.task, chosen, config.max_length, config.eval_batch_size)
-        return [batch for _, batch in batches]
+        encoded = encoded_batches(self.backbone.tokenizer, self.task, items, config.max_length, config.eval_batch_size)
+        return [batch for _, batch in encoded]
 
 
 class PostHocStep(abc.ABC):

@@ -1,14 +1,16 @@
 """Uncertainty methods behind one contract (:class:`UQHead`): VBLL, MAP, MLE, MC dropout, deep ensembles,
-BLoB, Laplace-LoRA, temperature scaling."""
+BLoB, ScalaBL, Laplace-LoRA, TFB, temperature scaling."""
 
-from . import blob, ensemble, laplace, mc_dropout, point, temperature, vbll  # noqa: F401  (registers the methods)
-from .base import UQ_METHODS, UQHead, UQMethod, uncertainty_decomposition
+from . import blob, ensemble, laplace, mc_dropout, point, scalabl, temperature, tfb, vbll  # noqa: F401  (registers)
+from .base import UQ_METHODS, TrainingStep, UQHead, UQMethod, uncertainty_decomposition
 from .blob import BlobHead, flipout_noise, kl_to_prior
 from .ensemble import EnsembleHead
 from .laplace import LaplaceHead
 from .mc_dropout import MCDropoutHead
 from .point import PointHead
+from .scalabl import ScalaBLConfig, ScalaBLHead
 from .temperature import fit_temperature
+from .tfb import TFBConfig, TFBHead
 from .vbll import VBLLConfig, VBLLGuide, VBLLHead, VBLLModel, VBLLOutput
 
 __all__ = [
@@ -17,6 +19,11 @@ __all__ = [
     "LaplaceHead",
     "MCDropoutHead",
     "PointHead",
+    "ScalaBLConfig",
+    "ScalaBLHead",
+    "TFBConfig",
+    "TFBHead",
+    "TrainingStep",
     "UQHead",
     "UQMethod",
     "UQ_METHODS",

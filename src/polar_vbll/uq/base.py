@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -22,6 +22,19 @@ from torch import nn
 from ..errors import PolarVBLLError
 from ..fields import MethodConfig
 from ..registry import Registry
+
+
+class TrainingStep(NamedTuple):
+    """What one training batch gives: the loss to minimize and what the loop logs and keeps."""
+
+    loss: torch.Tensor
+    #: named terms to log
+    terms: dict[str, float]
+    #: point logits (B, C), for the running accuracy
+    point: torch.Tensor
+    #: the batch's features (B, d), detached, fp32, for an exact head phase that reuses them; None where the batch
+    #: has no single feature set (an ensemble's members each have theirs)
+    features: torch.Tensor | None
 
 
 class UQHead(nn.Module, abc.ABC):
@@ -55,6 +68,12 @@ class UQHead(nn.Module, abc.ABC):
         """Training examples whose features an exact head phase caches."""
         return 0
 
+    @property
+    def solve_on_step_features(self) -> bool:
+        """Whether the exact head phases between the first and the last reuse the features the adapter steps
+        computed (``TrainingStep.features``) instead of a fresh pass over a buffer."""
+        return False
+
     def solve(
         self, features: torch.Tensor, labels: torch.Tensor, choice_mask: torch.Tensor | None, n_total: int
     ) -> dict[str, float]:
@@ -83,14 +102,14 @@ class UQHead(nn.Module, abc.ABC):
         """Puts the backbone (and head) in the state of pass ``index`` (a dropout mask, an ensemble member)."""
         yield
 
-    def training_loss(self, backbone, batch: dict, train_backbone: bool = True):
-        """(loss, terms to log, point logits (B, C) for the running accuracy) of one training batch."""
+    def training_loss(self, backbone, batch: dict, train_backbone: bool = True) -> TrainingStep:
+        """The loss of one training batch, its terms to log, its point logits and features."""
         with torch.set_grad_enabled(train_backbone and torch.is_grad_enabled()):
             features = backbone.features(batch["input_ids"], batch["attention_mask"])
         loss, terms = self.loss(features, batch["labels"], batch["choice_mask"])
         with torch.no_grad():
             point = self.point_logits(features.detach(), batch["choice_mask"])
-        return loss, terms, point
+        return TrainingStep(loss, terms, point, features.detach().float())
 
     @torch.no_grad()
     def predict_batch(

@@ -28,13 +28,24 @@ from ..adapters.capabilities import Capability
 from ..errors import PolarVBLLError
 from ..fields import MethodConfig
 from ..fields import help_field as _help
-from .base import UQ_METHODS, UQMethod
+from .base import UQ_METHODS, TrainingStep, UQMethod
 from .point import PointHead
 
 if TYPE_CHECKING:
     from ..adapters.base import AdapterLinear
 
 EPS, BETA = 0.05, 0.2
+
+
+def flipout(
+    x: torch.Tensor, noise: torch.Tensor, out_factor: torch.Tensor, scaling: float, generator=None
+) -> torch.Tensor:
+    """((x ⊙ r) noiseᵀ ⊙ s) out_factorᵀ · scaling for factor inputs x (..., k), one noise draw (r, k) and random
+    signs r (..., k), s (..., r) per token: each token sees the noise ⊙ s rᵀ, an exact draw of a zero-mean Gaussian
+    with independent entries, decorrelated across the batch (flipout)."""
+    r_sign = torch.randint(0, 2, x.shape, generator=generator, dtype=x.dtype) * 2 - 1
+    s_sign = torch.randint(0, 2, (*x.shape[:-1], noise.shape[0]), generator=generator, dtype=x.dtype) * 2 - 1
+    return (((x * r_sign) @ noise.T) * s_sign) @ out_factor.T * scaling
 
 
 def flipout_noise(layer, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -45,9 +56,7 @@ def flipout_noise(layer, x: torch.Tensor, generator: torch.Generator | None = No
     x = factor.project_in(layer.dropout(x).to(sigma.dtype))
     eps = torch.randn(sigma.shape, generator=generator, dtype=sigma.dtype)
     noise = sigma * eps if sigma.dim() == 2 else torch.diag(sigma * eps)
-    r_sign = torch.randint(0, 2, x.shape, generator=generator, dtype=x.dtype) * 2 - 1
-    s_sign = torch.randint(0, 2, (*x.shape[:-1], noise.shape[0]), generator=generator, dtype=x.dtype) * 2 - 1
-    return (((x * r_sign) @ noise.T) * s_sign) @ factor.out_factor.T * factor.scaling
+    return flipout(x, noise, factor.out_factor, factor.scaling, generator)
 
 
 def posterior_std(layer: nn.Module) -> torch.Tensor:
@@ -111,12 +120,14 @@ class BlobHead(PointHead):
         i = step % m + 1
         return math.exp(i * math.log(2) - math.log(2 ** (m + 1) - 1)) if m < 1000 else 2.0 ** (i - m - 1)
 
-    def training_loss(self, backbone, batch: dict, train_backbone: bool = True):
-        loss, terms, point = super().training_loss(backbone, batch, train_backbone)
+    def training_loss(self, backbone, batch: dict, train_backbone: bool = True) -> TrainingStep:
+        step = super().training_loss(backbone, batch, train_backbone)
         weight = self.kl_weight(int(self.blob_step))
         kl = self.kl_divergence()
         self.blob_step += 1
-        return loss + weight * kl.float(), {**terms, "kl": float(kl), "kl_weight": weight}, point
+        return step._replace(
+            loss=step.loss + weight * kl.float(), terms={**step.terms, "kl": kl.item(), "kl_weight": weight}
+        )
 
     def backbone_passes(self) -> int:
         return max(1, self.samples)

@@ -14,7 +14,7 @@ from ..adapters.capabilities import Capability
 from ..errors import PolarVBLLError
 from ..fields import MethodConfig
 from ..fields import help_field as _help
-from .base import UQ_METHODS, UQHead, UQMethod
+from .base import UQ_METHODS, TrainingStep, UQHead, UQMethod
 from .point import PointHead
 
 
@@ -48,16 +48,17 @@ class EnsembleHead(UQHead):
         if self._model is not None:
             set_active_member(self._model, index)
 
-    def training_loss(self, backbone, batch: dict, train_backbone: bool = True):
+    def training_loss(self, backbone, batch: dict, train_backbone: bool = True) -> TrainingStep:
         """Sum of the members' losses on the same batch (each member's gradient is its own)."""
         total, probs = torch.zeros(()), torch.zeros(())
         for index in range(len(self.members)):
             self._activate(index)
-            loss, _, point = super().training_loss(backbone, batch, train_backbone)
-            total = total + loss
-            probs = probs + torch.softmax(point, -1)
+            step = super().training_loss(backbone, batch, train_backbone)
+            total = total + step.loss
+            probs = probs + torch.softmax(step.point, -1)
         self._activate(0)
-        return total, {"nll_mean": float(total) / len(self.members)}, (probs / len(self.members)).log()
+        mean = (probs / len(self.members)).log()
+        return TrainingStep(total, {"nll_mean": total.item() / len(self.members)}, mean, None)
 
     def backbone_passes(self) -> int:
         return len(self.members)

@@ -65,6 +65,6 @@ UQ_METHODS.register(
         "MAP: cross-entropy with weight decay 1e-5 on the adapter",
         lambda init_weight, n_train, options, fit: PointHead(init_weight, 1e-5),
         MapConfig,
-        refinements={"laplace": {"uq": "laplace"}, "temperature": {"uq": "temperature"}},
+        refinements={"laplace": {"uq": "laplace"}, "temperature": {"uq": "temperature"}, "tfb": {"uq": "tfb"}},
     ),
 )

@@ -134,6 +134,10 @@ class VBLLHead(UQHead):
     def solve_buffer(self) -> int:
         return self.config.solve_buffer
 
+    @property
+    def solve_on_step_features(self) -> bool:
+        return self.config.solve_features == "steps"
+
     def solve(
         self, features: torch.Tensor, labels: torch.Tensor, choice_mask: torch.Tensor | None, n_total: int
     ) -> dict[str, float]:

@@ -41,6 +41,13 @@ class VBLLConfig(MethodConfig):
     )
     solve_every: int = _help("exact head phase: adapter steps between two solves", 20)
     solve_buffer: int = _help("exact head phase: training examples whose features are cached (seeded, per phase)", 512)
+    solve_features: Literal["fresh", "steps"] = _help(
+        "exact head phase: the features of the solves between the first and the last: a fresh pass over a seeded "
+        "buffer of solve_buffer training examples, or the last solve_buffer examples' features that the adapter "
+        "steps computed anyway (no extra backbone pass; up to solve_buffer / batch_size steps old). The first and "
+        "the final solve always take fresh ones",
+        "fresh",
+    )
     solve_rounds: int = _help("exact head phase: alternations of covariance, prior and mean/noise updates", 3)
     fixed_point_iterations: int = _help("exact head phase: covariance fixed-point iterations per round", 5)
     lbfgs_iterations: int = _help("exact head phase: L-BFGS iterations on the mean and noise per round", 30)

@@ -16,6 +16,7 @@ restarts a killed refinement. Writes ``benchmarks/results/calibration_<profile>.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import statistics
 import sys
@@ -206,7 +207,16 @@ def cell_hours(cells: dict) -> dict[str, float]:
 
 
 def markdown(
-    name: str, profile: Profile, summary: dict, total: int, done: int, hours: dict, command: str, machine, precision
+    name: str,
+    profile: Profile,
+    summary: dict,
+    total: int,
+    done: int,
+    hours: dict,
+    command: str,
+    machine,
+    precision,
+    machines: list[str] | None = None,
 ):
     def cell(entry, metric, best):
         if entry is None:
@@ -279,10 +289,19 @@ def markdown(
         "",
         machine_line(machine),
         "",
+        *(machines or []),
         f"Reproduce: `{command}`",
         "",
     ]
     return "\n".join(lines)
+
+
+def cell_machines(cells: dict) -> list[str]:
+    """A line naming the CPUs that measured the cells when there were several (the footer names the last one)."""
+    counts = collections.Counter(cell["machine"] for cell in cells.values() if "machine" in cell)
+    if len(counts) < 2:
+        return []
+    return ["Cells measured on: " + ", ".join(f"{cpu} {n}" for cpu, n in counts.most_common()) + ".", ""]
 
 
 def _train_sizes(profile: Profile) -> dict[str, int]:
@@ -360,7 +379,7 @@ def main() -> None:
             f"--precision={args.precision}",
         ]
         result = run_worker(__file__, *flags, "--worker", task, seed, method)
-        entry = {"key": key, "wall_s": time.perf_counter() - start, **result}
+        entry = {"key": key, "wall_s": time.perf_counter() - start, **result, "machine": machine_info()["cpu"]}
         if recorded:  # the table's cell time stays the first measurement's; the rebuild's is kept beside it
             entry["rebuild_wall_s"], entry["wall_s"] = entry["wall_s"], recorded["wall_s"]
         save_cell(folder, entry)
@@ -386,6 +405,10 @@ def write_results(name: str, profile: Profile, cells: dict, precision: str) -> s
     resolved = resolved_name(precision)
     command = f"python benchmarks/calibration.py --profile {name} --precision {resolved}"
     stem = run_name(name, precision)
+    path = RESULTS / f"calibration_{stem}.json"
+    # cells recorded before each kept its machine were measured on the one the results named then
+    earlier = json.loads(path.read_text())["machine"]["cpu"] if path.exists() else machine["cpu"]
+    cells = {key: {"machine": earlier, **cell} for key, cell in cells.items()}
     total = len(profile.tasks) * len(profile.seeds) * len(METHODS)
     hours = cell_hours(cells)
     atomic_write_json(
@@ -405,7 +428,7 @@ def write_results(name: str, profile: Profile, cells: dict, precision: str) -> s
         },
     )
     done = sum(map(in_main_table, cells))
-    text = markdown(name, profile, summary, total, done, hours, command, machine, resolved)
+    text = markdown(name, profile, summary, total, done, hours, command, machine, resolved, cell_machines(cells))
     atomic_write_text(RESULTS / f"calibration_{stem}.md", text)
     return text
 

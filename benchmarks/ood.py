@@ -15,6 +15,7 @@ results with the same ``--limit``). Writes
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import statistics
 import subprocess
@@ -128,6 +129,9 @@ def markdown(profile: str, limit, rows: dict, missing: list[str], command: str, 
         )
     if missing:
         lines += ["", "Pending (not evaluated yet): " + ", ".join(missing) + "."]
+    counts = collections.Counter(row["machine"] for row in rows.values() if "machine" in row)
+    if len(counts) > 1:
+        lines += ["", "Rows measured on: " + ", ".join(f"{cpu} {n}" for cpu, n in counts.most_common()) + "."]
     lines += footer(machine, command)
     return "\n".join(lines)
 
@@ -193,13 +197,17 @@ def main() -> None:
         start = time.perf_counter()
         flags = [f"--profile={args.profile}", "--worker", str(run)] + ([f"--limit={args.limit}"] if args.limit else [])
         rows[method] = {**run_worker(__file__, *flags), "wall_s": time.perf_counter() - start}
+        rows[method]["machine"] = machine_info()["cpu"]
         measured_now = True
         claim(done.parent, done.name)
         atomic_write_json(done, rows[method])
         best = rows[method]["best_criterion"]
         mean = statistics.mean(rows[method]["ood"][t]["detection"][best]["ood/auroc"] for t in OOD_TASKS)
         tqdm.write(f"{method}: best criterion {best}, mean AUROC {mean:.3f} ({rows[method]['wall_s']:.0f} s)")
-    # a table rewritten from recorded rows keeps the machine that measured them
+    # a table rewritten from recorded rows keeps the machine that measured them; rows recorded before each kept
+    # its machine were measured on the one the results named then
+    earlier = previous.get("machine", {}).get("cpu")
+    rows = {method: {"machine": earlier, **row} if earlier else row for method, row in rows.items()}
     machine = machine_info() if measured_now or "machine" not in previous else previous["machine"]
     command = f"python benchmarks/ood.py --profile {args.profile} --precision {resolved_name(args.precision)}"
     command += f" --limit {args.limit}" if args.limit else ""

@@ -85,12 +85,17 @@ def test_calibration_keeps_the_cells_recorded_with_the_same_profile_and_precisio
         f"Cells finished: 1 of {2 * len(calibration.METHODS)}" in text
         and (tmp_path / "calibration_smoke.md").read_text() == text
     )
-    assert "--precision fp32" in text
-    assert calibration.recorded_cells("smoke", profile, "fp32") == cells
+    assert "--precision fp32" in text and "Cells measured on" not in text  # one machine: the footer names it
+    cpu = calibration.machine_info()["cpu"]  # a cell without its machine was measured on the results' machine
+    assert calibration.recorded_cells("smoke", profile, "fp32") == {
+        "sst2/0/MAP": {"machine": cpu, **cells["sst2/0/MAP"]}
+    }
     assert calibration.recorded_cells("smoke", profile, "bf16") == {}  # another file, not yet written
     calibration.write_results("smoke", profile, {}, "bf16")
     assert json.loads((tmp_path / "calibration_smoke_bf16.json").read_text())["precision"] == "bf16"
-    assert calibration.recorded_cells("smoke", profile, "fp32") == cells  # the fp32 table is untouched
+    assert calibration.recorded_cells("smoke", profile, "fp32")["sst2/0/MAP"]["wall_s"] == 360  # fp32 untouched
+    other = {**cells, "sst2/1/MAP": {**_cell("sst2/1/MAP", 0.9, 0.1, 0.4), "machine": "another CPU"}}
+    assert "Cells measured on: " in calibration.write_results("smoke", profile, other, "fp32")
     recorded = {"profile": {"name": "smoke", **asdict(profile)}, "cells": cells}  # written before precision existed
     (tmp_path / "calibration_smoke.json").write_text(json.dumps(recorded))
     assert calibration.recorded_cells("smoke", profile, "fp32") == cells

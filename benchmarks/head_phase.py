@@ -112,30 +112,52 @@ def compared(method: str, ref: str) -> bool:
 
 
 def intervals(runs: Path, task: str, seeds: list[int]) -> dict:
-    """{method: {reference: {metric: interval}}} of the paired ECE and NLL differences on the predictions of every
-    seed pooled (seeds × examples), for the methods finished on all ``seeds``."""
+    """{method: {reference: {"seeds": [...], metric: interval}}} of the paired ECE and NLL differences on the
+    predictions of the ``seeds`` both finished, pooled (seeds × examples)."""
     from polar_vbll.metrics import ece, nll, paired_bootstrap
 
-    def pooled(method):
-        files = [cell_dir(runs, task, seed, method) / "probs.npz" for seed in seeds]
-        if not all(f.exists() for f in files):
-            return None
-        loaded = [np.load(f) for f in files]
+    def finished(method):
+        return [seed for seed in seeds if (cell_dir(runs, task, seed, method) / "probs.npz").exists()]
+
+    def pooled(method, shared):
+        loaded = [np.load(cell_dir(runs, task, seed, method) / "probs.npz") for seed in shared]
         return np.concatenate([d["probs"] for d in loaded]), np.concatenate([d["labels"] for d in loaded])
 
-    predictions = {m: found for m in METHODS if (found := pooled(m)) is not None}
     out: dict = {}
-    for method, (probs, labels) in predictions.items():
+    for method in METHODS:
         for ref in REFERENCES:
-            if ref not in predictions or not compared(method, ref):
+            shared = [seed for seed in finished(method) if seed in finished(ref)]
+            if not shared or not compared(method, ref):
                 continue
-            base_probs, base_labels = predictions[ref]
+            (probs, labels), (base_probs, base_labels) = pooled(method, shared), pooled(ref, shared)
             assert np.array_equal(labels, base_labels)
             out.setdefault(method, {})[ref] = {
-                name: paired_bootstrap(fn, probs, base_probs, labels)
-                for name, fn in (("cal/ece", ece), ("cls/nll", nll))
+                "seeds": shared,
+                **{
+                    name: paired_bootstrap(fn, probs, base_probs, labels)
+                    for name, fn in (("cal/ece", ece), ("cls/nll", nll))
+                },
             }
     return out
+
+
+def summary_rows(seeds: dict, only: list[str] | None = None) -> list[str]:
+    """Table rows: each method's means over its finished seeds (or over the seeds ``only``)."""
+    rows = []
+    for method in METHODS:
+        done = [seeds[s][method] for s in seeds if method in seeds[s] and (only is None or s in only)]
+        if not done:
+            continue
+
+        def mean(key, cells=done):
+            return statistics.mean(c["metrics"][key] for c in cells)
+
+        share = statistics.mean(c["head_phase_s"] / c["train_s"] for c in done)
+        rows.append(
+            f"| {method} | {len(done)} | {mean('cls/acc'):.4f} | {mean('cal/ece'):.4f} | {mean('cls/nll'):.4f} | "
+            f"{mean('unc/epistemic_mean'):.4f} | {share:.2f} |"
+        )
+    return rows
 
 
 def markdown(data: dict) -> list[str]:
@@ -160,27 +182,26 @@ def markdown(data: dict) -> list[str]:
             "| method | seeds | ACC | ECE | NLL | mean epistemic | head phase ÷ training time |",
             "|---|---|---|---|---|---|---|",
         ]
-        for method in METHODS:
-            done = [seeds[s][method] for s in seeds if method in seeds[s]]
-            if not done:
-                continue
-
-            def mean(key, cells=done):
-                return statistics.mean(c["metrics"][key] for c in cells)
-
-            share = statistics.mean(c["head_phase_s"] / c["train_s"] for c in done)
-            lines.append(
-                f"| {method} | {len(done)} | {mean('cls/acc'):.4f} | {mean('cal/ece'):.4f} | {mean('cls/nll'):.4f} | "
-                f"{mean('unc/epistemic_mean'):.4f} | {share:.2f} |"
-            )
-        found = data["intervals"].get(task, {})
-        if found:
+        lines += summary_rows(seeds)
+        methods = {m for s in seeds for m in seeds[s]}
+        common = [s for s in seeds if all(m in seeds[s] for m in methods)]
+        if common and len(common) < len(seeds):
             lines += [
                 "",
-                f"Differences on the predictions of seeds {found['seeds']} pooled, with their 95 % intervals:",
+                f"Over the seeds every method has finished ({', '.join(common)}), the same columns:",
                 "",
-                "| method − reference | ΔECE [95 %] | ΔNLL [95 %] |",
-                "|---|---|---|",
+                "| method | seeds | ACC | ECE | NLL | mean epistemic | head phase ÷ training time |",
+                "|---|---|---|---|---|---|---|",
+                *summary_rows(seeds, common),
+            ]
+        found = data["intervals"].get(task, {})
+        if found.get("methods"):
+            lines += [
+                "",
+                "Differences on the predictions of the seeds both methods finished, pooled, with their 95 % intervals:",
+                "",
+                "| method − reference | seeds | ΔECE [95 %] | ΔNLL [95 %] |",
+                "|---|---|---|---|",
             ]
         for method, refs in found.get("methods", {}).items():
             for ref, metrics in refs.items():
@@ -189,7 +210,8 @@ def markdown(data: dict) -> list[str]:
                     i = metrics[key]
                     text = f"{i['diff']:+.4f} [{i['low']:+.4f}, {i['high']:+.4f}]"
                     cells.append(f"**{text}**" if i["low"] > 0 or i["high"] < 0 else text)
-                lines.append(f"| {method} − {ref} | " + " | ".join(cells) + " |")
+                shared = ", ".join(map(str, metrics.get("seeds", found.get("seeds", []))))
+                lines.append(f"| {method} − {ref} | {shared} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 

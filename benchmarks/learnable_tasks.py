@@ -31,21 +31,24 @@ def worker(args, task: str) -> dict:
 
     out = Path(args.runs) / task
     start = time.perf_counter()
-    result = fit(
-        out=out,
-        overwrite=True,
-        progress=False,
-        model=args.model,
-        task=task,
-        adapter="lora",
-        uq="map",
-        steps=args.steps,
-        batch_size=16,
-        seed=0,
-        eval_limit=args.eval_limit,
-        calibration_holdout=True,
-        precision=args.precision,
-    )
+    if (out / "checkpoint").is_dir() and not (out / "report.json").exists():  # a killed fit goes on where it stopped
+        result = fit(out=out, resume=True, progress=False)
+    else:
+        result = fit(
+            out=out,
+            overwrite=True,
+            progress=False,
+            model=args.model,
+            task=task,
+            adapter="lora",
+            uq="map",
+            steps=args.steps,
+            batch_size=16,
+            seed=0,
+            eval_limit=args.eval_limit,
+            calibration_holdout=True,
+            precision=args.precision,
+        )
     assert result.evaluation is not None
     labels = result.evaluation["labels"]
     majority = max(float((labels == k).mean()) for k in set(labels.tolist()))

@@ -59,6 +59,19 @@ def flipout_noise(layer, x: torch.Tensor, generator: torch.Generator | None = No
     return flipout(x, noise, factor.out_factor, factor.scaling, generator)
 
 
+def gaussian_factor_layers(backbone, method: str) -> list:
+    """The backbone's adapter layers, each declaring a Gaussian factor, else a one-line error naming ``method``."""
+    from ..adapters import adapter_layers
+    from ..adapters.base import require_capability
+
+    layers = list(adapter_layers(backbone.model).values())
+    if not layers:
+        raise PolarVBLLError(f"{method} needs an adapter that wraps Linear layers")
+    for layer in layers:
+        require_capability(layer, Capability.GAUSSIAN_FACTOR, method)
+    return layers
+
+
 def posterior_std(layer: nn.Module) -> torch.Tensor:
     """σ = ρ² of the Gaussian factor of an adapter layer (``blob_rho`` is the parameter BlobHead adds to it)."""
     return cast(torch.Tensor, layer.blob_rho) ** 2
@@ -88,14 +101,8 @@ class BlobHead(PointHead):
         self._generator: torch.Generator | None = None
 
     def attach(self, backbone) -> None:
-        from ..adapters import adapter_layers
-        from ..adapters.base import require_capability
-
-        layers = list(adapter_layers(backbone.model).values())
-        if not layers:
-            raise PolarVBLLError("blob needs an adapter that wraps Linear layers")
+        layers = gaussian_factor_layers(backbone, "blob")
         for layer in layers:
-            require_capability(layer, Capability.GAUSSIAN_FACTOR, "blob")
             mean = layer.gaussian_factor().mean
             if not hasattr(layer, "blob_rho"):
                 rho = torch.empty_like(mean).uniform_(EPS / math.sqrt(2), EPS)

@@ -25,11 +25,10 @@ import torch
 from torch import nn
 
 from ..adapters.capabilities import Capability
-from ..errors import PolarVBLLError
 from ..fields import MethodConfig
 from ..fields import help_field as _help
 from .base import UQ_METHODS, UQMethod
-from .blob import EPS, BlobHead
+from .blob import EPS, BlobHead, gaussian_factor_layers
 
 
 def row_norms_and_directions(mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,14 +68,8 @@ class ScalaBLHead(BlobHead):
     training loss (NLL + reweighted KL) and prediction passes, with ScalaBL's posterior."""
 
     def attach(self, backbone) -> None:
-        from ..adapters import adapter_layers
-        from ..adapters.base import require_capability
-
-        layers = list(adapter_layers(backbone.model).values())
-        if not layers:
-            raise PolarVBLLError("scalabl needs an adapter that wraps Linear layers")
+        layers = gaussian_factor_layers(backbone, "scalabl")
         for layer in layers:
-            require_capability(layer, Capability.GAUSSIAN_FACTOR, "scalabl")
             if not hasattr(layer, "scalabl_log_sigma"):
                 rows = layer.gaussian_factor().mean.shape[0]
                 sigma = torch.empty(rows).uniform_(EPS / math.sqrt(2), EPS)  # the official initialization

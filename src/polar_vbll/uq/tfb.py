@@ -26,11 +26,10 @@ from typing import Literal
 import torch
 
 from ..adapters.capabilities import Capability
-from ..errors import PolarVBLLError
 from ..fields import ConfigFieldError, MethodConfig, check_types
 from ..fields import help_field as _help
 from .base import UQ_METHODS, UQMethod
-from .blob import flipout
+from .blob import flipout, gaussian_factor_layers
 from .point import PointHead
 
 
@@ -61,14 +60,8 @@ class TFBHead(PointHead):
         self._generator: torch.Generator | None = None
 
     def attach(self, backbone) -> None:
-        from ..adapters import adapter_layers
-        from ..adapters.base import require_capability
-
-        layers = list(adapter_layers(backbone.model).values())
-        if not layers:
-            raise PolarVBLLError("tfb needs an adapter that wraps Linear layers")
+        layers = gaussian_factor_layers(backbone, "tfb")
         for layer in layers:
-            require_capability(layer, Capability.GAUSSIAN_FACTOR, "tfb")
             layer.register_forward_hook(self._hook)
         self._layers = layers
 

@@ -7,7 +7,8 @@ methods that alternate (VBLL) report the median of each phase and their cycle me
 one adapter step). Post-hoc time: the Laplace / temperature / TFB fit after training (on ``--post-hoc-samples``
 examples). Inference: median ``predict_batch`` time of one evaluation batch of 32 with 100 logit samples, over
 ``--infer-batches`` batches. Peak RSS: the whole process (load, training, post-hoc, one evaluation batch).
-Writes ``benchmarks/results/cost.{json,md}``.
+Writes ``benchmarks/results/cost.{json,md}``; with ``--methods`` the rows measured join the recorded table (each
+run beside its own MAP-LoRA reference) instead of replacing it.
 
     python benchmarks/cost.py --steps 13 --warmup 3
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -114,30 +116,56 @@ def main() -> None:
     for row in rows.values():
         for key in ("step_s", "infer_s", "peak_rss_mb"):
             row[f"{key}_ratio"] = row[key] / ref[key]
-    machine = machine_info()
-    command = "python benchmarks/cost.py " + " ".join(flags)
+    selection = ["--methods", *args.methods] if args.methods else []
+    command = shlex.join(["python", "benchmarks/cost.py", *flags, *selection])
+    runs = merged_runs(RESULTS / "cost.json", {"command": command, "machine": machine_info(), "rows": rows})
+    write_results(RESULTS / "cost", {"runs": runs}, markdown(runs, args), runs[-1]["machine"], command)
+
+
+def merged_runs(path: Path, latest: dict) -> list[dict]:
+    """The recorded invocations, less the rows ``latest`` measured again, then ``latest``: a ``--methods`` run adds
+    its rows to the table instead of replacing it. Each run keeps its own reference row, so every ratio stays a
+    ratio within one invocation; runs with other settings (steps, batches, samples) are dropped."""
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    runs = recorded.get("runs") or ([{k: recorded[k] for k in ("command", "machine", "rows")}] if recorded else [])
+    settings = latest["command"].split(" --methods")[0]
+    kept = []
+    for run in (r for r in runs if r["command"].split(" --methods")[0] == settings):
+        rows = {n: r for n, r in run["rows"].items() if n not in latest["rows"] or n == REFERENCE}
+        if set(rows) - {REFERENCE}:
+            kept.append({**run, "rows": rows})
+    return [*kept, latest]
+
+
+def markdown(runs: list[dict], args) -> list[str]:
+    """The table: every run's rows, ratios ÷ the reference of the same run; runs listed below it."""
+    several = len(runs) > 1
     lines = [
         "# Cost of the uncertainty methods (SmolLM2-135M, CPU)",
         "",
         f"BoolQ prompts cut to 128 tokens, batch 8, r = 8 on q_proj and v_proj, {args.steps} steps of which the "
         f"first {args.warmup} are untimed; each method in a fresh process, ratios ÷ {REFERENCE} of the same "
-        "invocation. s/step: median step time; for alternating methods (VBLL) the mean of the head-phase and "
+        "invocation (run). s/step: median step time; for alternating methods (VBLL) the mean of the head-phase and "
         "adapter-phase medians (one cycle = one cheap head step + one adapter step). Post-hoc: Laplace / "
-        f"temperature fit on {args.post_hoc_samples} examples. Inference: median `predict_batch` time, one "
+        f"temperature / TFB fit on {args.post_hoc_samples} examples. Inference: median `predict_batch` time, one "
         f"evaluation batch of 32 with 100 logit samples ({args.infer_batches} batches). Peak RSS: whole process.",
         "",
-        "| method | trainable | s/step | ÷ MAP | phases (s) | post-hoc s | infer s/batch | ÷ MAP | peak RSS MB "
+        "| method | run | trainable | s/step | ÷ MAP | phases (s) | post-hoc s | infer s/batch | ÷ MAP | peak RSS MB "
         "| ÷ MAP |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, row in rows.items():
-        phases = ", ".join(f"{p} {t:.2f}" for p, t in row["step_s_by_phase"].items())
-        lines.append(
-            f"| {name} | {row['trainable_parameters']:,} | {row['step_s']:.2f} | {row['step_s_ratio']:.3f} | "
-            f"{phases} | {row['post_hoc_s']:.1f} | {row['infer_s']:.3f} | {row['infer_s_ratio']:.2f} | "
-            f"{row['peak_rss_mb']:.0f} | {row['peak_rss_mb_ratio']:.3f} |"
-        )
-    write_results(RESULTS / "cost", {"rows": rows}, lines, machine, command)
+    for number, run in enumerate(runs, 1):
+        for name, row in run["rows"].items():
+            phases = ", ".join(f"{p} {t:.2f}" for p, t in row["step_s_by_phase"].items())
+            lines.append(
+                f"| {name} | {number} | {row['trainable_parameters']:,} | {row['step_s']:.2f} | "
+                f"{row['step_s_ratio']:.3f} | {phases} | {row['post_hoc_s']:.1f} | {row['infer_s']:.3f} | "
+                f"{row['infer_s_ratio']:.2f} | {row['peak_rss_mb']:.0f} | {row['peak_rss_mb_ratio']:.3f} |"
+            )
+    if several:
+        lines += ["", "Runs (each with its own MAP-LoRA reference; compare ratios, not seconds, across runs):", ""]
+        lines += [f"{n}. {run['machine']['cpu']}: `{run['command']}`" for n, run in enumerate(runs, 1)]
+    return lines
 
 
 if __name__ == "__main__":

@@ -66,6 +66,31 @@ def write_results(stem: Path, data: dict, lines: list[str], machine: dict, comma
     return text
 
 
+def merged_runs(path: Path, latest: dict, references: set[str], selection: str) -> list[dict]:
+    """The invocations recorded in ``path`` (each {command, machine, rows}), less the rows ``latest`` measured again,
+    then ``latest``: a run of some rows adds them to the table instead of replacing it. A kept run keeps its
+    ``references`` rows, so every ratio stays a ratio within one invocation; runs whose command differs from
+    ``latest``'s before the ``selection`` flag (other steps, batches, ...) are dropped."""
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    runs = recorded.get("runs") or ([{k: recorded[k] for k in ("command", "machine", "rows")}] if recorded else [])
+    settings = latest["command"].split(f" {selection}")[0]
+    kept = []
+    for run in (r for r in runs if r["command"].split(f" {selection}")[0] == settings):
+        rows = {n: r for n, r in run["rows"].items() if n not in latest["rows"] or n in references}
+        if set(rows) - references:
+            kept.append({**run, "rows": rows})
+    return [*kept, latest]
+
+
+def runs_footer(runs: list[dict]) -> list[str]:
+    """Below a table merged from several runs: each run's machine and command (empty for one run)."""
+    if len(runs) < 2:
+        return []
+    lines = ["", "Runs (each with its own reference rows; compare ratios, not seconds, across runs):", ""]
+    cpu = lambda m: m.get("cpu") or m.get("platform")  # noqa: E731  (older results recorded the platform only)
+    return lines + [f"{n}. {cpu(run['machine'])}: `{run['command']}`" for n, run in enumerate(runs, 1)]
+
+
 def add_precision_argument(parser, what: str) -> None:
     """``--precision fp32|bf16|auto`` (default auto: bf16 where the CPU has it) of a benchmark; ``what`` it sets."""
     parser.add_argument(

@@ -24,7 +24,17 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, inference_times, machine_info, peak_rss_mb, run_worker, timed_fit, write_results  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS,
+    inference_times,
+    machine_info,
+    merged_runs,
+    peak_rss_mb,
+    run_worker,
+    runs_footer,
+    timed_fit,
+    write_results,
+)
 
 REFERENCE = "MAP-LoRA"
 # name: (adapter, uq, extra FitConfig options); PoLAR-MAP and the landing variant isolate the adapter's cost
@@ -118,28 +128,13 @@ def main() -> None:
             row[f"{key}_ratio"] = row[key] / ref[key]
     selection = ["--methods", *args.methods] if args.methods else []
     command = shlex.join(["python", "benchmarks/cost.py", *flags, *selection])
-    runs = merged_runs(RESULTS / "cost.json", {"command": command, "machine": machine_info(), "rows": rows})
+    latest = {"command": command, "machine": machine_info(), "rows": rows}
+    runs = merged_runs(RESULTS / "cost.json", latest, {REFERENCE}, "--methods")
     write_results(RESULTS / "cost", {"runs": runs}, markdown(runs, args), runs[-1]["machine"], command)
-
-
-def merged_runs(path: Path, latest: dict) -> list[dict]:
-    """The recorded invocations, less the rows ``latest`` measured again, then ``latest``: a ``--methods`` run adds
-    its rows to the table instead of replacing it. Each run keeps its own reference row, so every ratio stays a
-    ratio within one invocation; runs with other settings (steps, batches, samples) are dropped."""
-    recorded = json.loads(path.read_text()) if path.exists() else {}
-    runs = recorded.get("runs") or ([{k: recorded[k] for k in ("command", "machine", "rows")}] if recorded else [])
-    settings = latest["command"].split(" --methods")[0]
-    kept = []
-    for run in (r for r in runs if r["command"].split(" --methods")[0] == settings):
-        rows = {n: r for n, r in run["rows"].items() if n not in latest["rows"] or n == REFERENCE}
-        if set(rows) - {REFERENCE}:
-            kept.append({**run, "rows": rows})
-    return [*kept, latest]
 
 
 def markdown(runs: list[dict], args) -> list[str]:
     """The table: every run's rows, ratios ÷ the reference of the same run; runs listed below it."""
-    several = len(runs) > 1
     lines = [
         "# Cost of the uncertainty methods (SmolLM2-135M, CPU)",
         "",
@@ -162,10 +157,7 @@ def markdown(runs: list[dict], args) -> list[str]:
                 f"{row['step_s_ratio']:.3f} | {phases} | {row['post_hoc_s']:.1f} | {row['infer_s']:.3f} | "
                 f"{row['infer_s_ratio']:.2f} | {row['peak_rss_mb']:.0f} | {row['peak_rss_mb_ratio']:.3f} |"
             )
-    if several:
-        lines += ["", "Runs (each with its own MAP-LoRA reference; compare ratios, not seconds, across runs):", ""]
-        lines += [f"{n}. {run['machine']['cpu']}: `{run['command']}`" for n, run in enumerate(runs, 1)]
-    return lines
+    return lines + runs_footer(runs)
 
 
 if __name__ == "__main__":

@@ -20,20 +20,21 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, inference_times, peak_rss_mb, run_worker, timed_fit  # noqa: E402
+from common import RESULTS, inference_times, merged_runs, peak_rss_mb, run_worker, runs_footer, timed_fit  # noqa: E402
 
 # Learning rates: the project default 1e-3 for the low-rank adapters; S2FT and LISA change full-size weight blocks,
 # so they get their papers' smaller rates.
-LR = {"lora": 1e-3, "polar": 1e-3, "pissa": 1e-3, "corda": 1e-3, "s2ft": 2e-4, "lisa": 1e-4}
+LR = {"lora": 1e-3, "polar": 1e-3, "pissa": 1e-3, "corda": 1e-3, "s2ft": 2e-4, "lisa": 1e-4, "ilora": 1e-3}
 GRIDS = {  # row name: (adapter, uq); the first row of a grid per head is its reference
     "adapters": {
         f"{adapter}-{uq}": (adapter, uq)
-        for adapter in ["lora", "polar", "pissa", "corda", "s2ft", "lisa"]
+        for adapter in ["lora", "polar", "pissa", "corda", "s2ft", "lisa", "ilora"]
         for uq in ["map", "vbll"]
     },
     "uq": {
@@ -81,6 +82,9 @@ def worker(row: str, args) -> dict:
         "posterior": result.report.get("posterior", {}),
         "calibration": result.report.get("calibration", {}),
     }
+
+
+REFERENCES = {"adapters": {"lora-map", "lora-vbll"}, "uq": {"map"}}
 
 
 def reference(rows: dict, row: dict, grid: str) -> dict | None:
@@ -146,9 +150,12 @@ def main() -> None:
         ):
             ok = ref is not None and key in row and key in ref
             row[ratio] = row[key] / ref[key] if ok else None
-    command = "python benchmarks/methods.py " + " ".join(flags)
+    command = shlex.join(["python", "benchmarks/methods.py", *flags] + (["--rows", *args.rows] if args.rows else []))
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}
-    atomic_write_json(RESULTS / f"{args.grid}_{args.task}.json", {"command": command, "machine": machine, "rows": rows})
+    latest = {"command": command, "machine": machine, "rows": rows}
+    path = RESULTS / f"{args.grid}_{args.task}.json"
+    runs = merged_runs(path, latest, REFERENCES[args.grid], "--rows")
+    atomic_write_json(path, {"command": command, "machine": machine, "runs": runs})
     ref_name = "LoRA with the same head" if args.grid == "adapters" else "MAP-LoRA"
     lines = [
         f"# {'Adapters × heads' if args.grid == 'adapters' else 'Uncertainty methods'} on {args.task} "
@@ -159,25 +166,27 @@ def main() -> None:
         + (f" (first {args.eval_limit})" if args.eval_limit else "")
         + ". Weights: dequantized 4-bit GGUF, fp32 — accuracy is below the original model's. Step time: median "
         f"after {args.warmup} steps; inference: median `predict_batch` time (batch 32, 100 logit samples); "
-        f"ratios ÷ {ref_name}; peak RSS of the whole fit process. VBLL runs alternate cheap head-only steps with "
-        "adapter steps; ensemble steps train all members.",
+        f"ratios ÷ {ref_name} of the same invocation (run); peak RSS of the whole fit process. VBLL runs alternate "
+        "cheap head-only steps with adapter steps; ensemble steps train all members.",
         "",
-        "| run | adapter | head | adapter lr | trainable | ACC | ECE | NLL | s/step | ÷ ref | infer s | ÷ ref | "
+        "| row | run | adapter | head | adapter lr | trainable | ACC | ECE | NLL | s/step | ÷ ref | infer s | ÷ ref | "
         "peak RSS MB | ÷ ref |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def fmt(value, spec):
         return format(value, spec) if value is not None else "n/a"
 
-    for name, row in rows.items():
+    for number, name, row in ((n, name, row) for n, run in enumerate(runs, 1) for name, row in run["rows"].items()):
         m = row["metrics"]
         lines.append(
-            f"| {name} | {row['adapter']} | {row['uq']} | {row['lr_adapter']:g} | {row['trainable_parameters']:,} | "
+            f"| {name} | {number} | {row['adapter']} | {row['uq']} | {row['lr_adapter']:g} | "
+            f"{row['trainable_parameters']:,} | "
             f"{m['cls/acc']:.4f} | {m['cal/ece']:.4f} | {m['cls/nll']:.4f} | {row['step_s_median']:.2f} | "
             f"{fmt(row['step_ratio'], '.3f')} | {fmt(row.get('infer_s_median'), '.3f')} | "
             f"{fmt(row['infer_ratio'], '.2f')} | {row['peak_rss_mb']:.0f} | {fmt(row['rss_ratio'], '.3f')} |"
         )
+    lines += runs_footer(runs)
     lines += ["", f"Machine: {machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']}.", ""]
     lines += [f"Reproduce: `{command}`", ""]
     atomic_write_text(RESULTS / f"{args.grid}_{args.task}.md", "\n".join(lines))

@@ -3,14 +3,16 @@
 A method is a config dataclass plus a layer class, registered in :data:`ADAPTERS` (one file, one line).
 """
 
-from . import corda, dora, lisa, lora, pissa, polar, s2ft  # noqa: F401  (registers the methods)
+from . import corda, dora, ilora, lisa, lora, pissa, polar, s2ft  # noqa: F401  (registers the methods)
 from .base import ADAPTERS, AdapterConfig, AdapterLinear, LowRankConfig, ModelTuner, TunerConfig, make_config
 from .corda import CordaConfig, CordaLinear, cached_covariances, collect_covariances
 from .diagnostics import adapter_diagnostics, orthogonality_error, stable_rank
 from .dora import DoraConfig, DoraLinear
 from .files import load_adapter, load_adapter_config, save_adapter
+from .ilora import IloraConfig, IloraLinear, InstanceGate
 from .injection import (
     AdapterEnsemble,
+    adapter_auxiliary_loss,
     adapter_config,
     adapter_layers,
     adapter_parameters,
@@ -40,6 +42,9 @@ __all__ = [
     "CordaLinear",
     "DoraConfig",
     "DoraLinear",
+    "IloraConfig",
+    "IloraLinear",
+    "InstanceGate",
     "LisaConfig",
     "LisaTuner",
     "LoraConfig",
@@ -54,6 +59,7 @@ __all__ = [
     "S2FTConfig",
     "S2FTLinear",
     "TunerConfig",
+    "adapter_auxiliary_loss",
     "adapter_config",
     "adapter_diagnostics",
     "adapter_layers",

@@ -87,6 +87,8 @@ class AdapterLinear(nn.Module, abc.ABC):
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     #: whether initialization needs the model's inputs on training data (:meth:`prepare`, e.g. CorDA's covariances)
     needs_data: ClassVar[bool] = False
+    #: whether the layers share state beyond themselves (iLoRA's one gate), so members cannot share one base
+    keeps_model_state: ClassVar[bool] = False
     base_layer: nn.Linear
     dropout: nn.Module
 
@@ -158,6 +160,11 @@ class AdapterLinear(nn.Module, abc.ABC):
         """The factor that carries a Gaussian posterior (capability ``gaussian_factor``)."""
         raise PolarVBLLError(f"{type(self).__name__} declares no {Capability.GAUSSIAN_FACTOR.value}")
 
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """A term the method adds to the training loss, from the last forward pass (iLoRA's load balancing);
+        ``None`` for none."""
+        return None
+
     @classmethod
     def prepare(cls, model: nn.Module, config: AdapterConfig, inputs) -> dict:
         """Initialization data computed from the model's inputs (``needs_data``): ``inputs`` is a
@@ -219,7 +226,8 @@ class AdapterMethod:
         """What the method offers uncertainty methods (:mod:`.capabilities`)."""
         if self.layer is None:
             return frozenset()
-        shared = {Capability.SHARED_BASE} if not self.layer.alters_base else set()
+        shares = not (self.layer.alters_base or self.layer.keeps_model_state)
+        shared = {Capability.SHARED_BASE} if shares else set()
         return frozenset({Capability.WRAPS_LINEAR, *shared, *self.layer.capabilities})
 
 

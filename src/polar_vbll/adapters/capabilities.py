@@ -5,7 +5,8 @@ uncertainty method may need, and hands out the objects behind them:
 
 - ``wraps_linear``: the method wraps ``nn.Linear`` modules, with dropout on their input (MC dropout) and per-layer
   forward hooks (Laplace, BLoB); a model tuner such as LISA does not;
-- ``shared_base``: initialization leaves the base weight untouched, so M members can share one base (ensembles);
+- ``shared_base``: initialization leaves the base weight untouched and the layers keep no state outside
+  themselves, so M members can share one base (ensembles);
 - ``linear_maps``: :meth:`~polar_vbll.adapters.base.AdapterLinear.linear_maps` lists the maps y = W a with trained
   weight W inside the layer, with how to read a and ∂L/∂y from the layer's input and output gradient (K-FAC
   Laplace-LoRA);
@@ -34,7 +35,7 @@ class Capability(StrEnum):
 
 CAPABILITY_HELP = {
     Capability.WRAPS_LINEAR: "wraps nn.Linear modules: input dropout, per-layer hooks",
-    Capability.SHARED_BASE: "leaves the base weight untouched, so members share one base",
+    Capability.SHARED_BASE: "leaves the base weight untouched and keeps no model-wide state, so members share one base",
     Capability.LINEAR_MAPS: "its trained linear maps, for K-FAC",
     Capability.GAUSSIAN_FACTOR: "the factor that carries a Gaussian posterior",
 }

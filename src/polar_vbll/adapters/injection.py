@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import PolarVBLLError
 from .base import ADAPTERS, CONFIG_ATTR, MEMBERS_ATTR, TUNER_ATTR, AdapterConfig, AdapterLinear, ModelTuner, TunerConfig
-from .capabilities import Capability
+from .capabilities import CAPABILITY_HELP, Capability
 
 
 class AdapterEnsemble(nn.Module):
@@ -77,9 +77,8 @@ def inject_adapters(
     if members < 1 or (member_seeds is not None and len(member_seeds) != members):
         raise PolarVBLLError(f"members must be >= 1 with one seed each, got {members} and {member_seeds}")
     if members > 1 and Capability.SHARED_BASE not in method.capabilities:
-        raise PolarVBLLError(
-            f"an ensemble needs adapters that leave the base weight unchanged; '{config.method}' does not"
-        )
+        needs = CAPABILITY_HELP[Capability.SHARED_BASE]
+        raise PolarVBLLError(f"an ensemble needs an adapter that {needs}; '{config.method}' does not")
     if method.tuner is not None:
         tuner = method.tuner(model, config)
         setattr(model, TUNER_ATTR, tuner)
@@ -181,6 +180,12 @@ def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor], source:
     for name, layer in adapter_layers(model).items():
         prefix = name + "."
         layer.load_adapter_state({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+def adapter_auxiliary_loss(model: nn.Module) -> torch.Tensor | None:
+    """The sum of the adapter layers' training-loss terms from the last forward pass (``None`` when none has one)."""
+    terms = [t for layer in adapter_layers(model).values() if (t := layer.auxiliary_loss()) is not None]
+    return torch.stack(terms).sum() if terms else None
 
 
 def count_trainable(model: nn.Module) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..adapters import adapter_diagnostics, adapter_parameters, model_tuner
+from ..adapters import adapter_auxiliary_loss, adapter_diagnostics, adapter_parameters, model_tuner
 from ..atomic import atomic_write_json
 from ..config import FitConfig
 from ..data import encoded_batches, get_task
@@ -141,6 +141,10 @@ def fit(
                 for group in optimizer.param_groups:
                     group["lr"] = group["initial_lr"] * factor
             loss, terms, point, features = head.training_loss(backbone, batch, train_backbone=phase != "head")
+            auxiliary = adapter_auxiliary_loss(backbone.model) if phase != "head" else None
+            if auxiliary is not None:  # e.g. iLoRA's load balancing
+                loss = loss + auxiliary
+                terms = {**terms, "adapter_aux": auxiliary.item()}
             if recent is not None and features is not None:
                 recent.add(features, batch["labels"], batch["choice_mask"])
             adapter_opt.zero_grad(set_to_none=True)

@@ -33,6 +33,7 @@ from ..errors import PolarVBLLError
 from ..fields import help_field as _help
 from .base import ADAPTERS, AdapterConfig, AdapterLinear, AdapterMethod, LowRankConfig
 from .capabilities import Capability, LinearMap
+from .lora import LoraLinear
 
 
 @dataclass
@@ -161,22 +162,21 @@ class InstanceGate(nn.Module):
         return self.experts * (mean**2).sum() - 1.0
 
 
-class IloraLinear(AdapterLinear):
-    """``lora_A`` (r, in), ``lora_B`` (out, r) as LoRA's, read as K experts of r / K rows / columns each."""
+class IloraLinear(LoraLinear):
+    """LoRA's ``lora_A`` (r, in) and ``lora_B`` (out, r), drawn as LoRA's, read as K experts of r / K rows / columns
+    each."""
 
+    # the gate sits between A and B: linear maps (K-FAC) but no input-independent Gaussian factor (BLoB)
     capabilities = frozenset({Capability.LINEAR_MAPS})
+    gaussian_factor = AdapterLinear.gaussian_factor
     keeps_model_state = True
     instance_gate: InstanceGate
 
     def __init__(self, base_layer: nn.Linear, config: IloraConfig, *, gate: InstanceGate, owner: bool, **init):
         super().__init__(base_layer, config, **init)
-        device = base_layer.weight.device
-        self.lora_A = nn.Parameter(torch.empty(config.r, self.in_features, device=device))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, config.r, device=device))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as LoRA, so K = 1 draws the same factors
         self.load_balance = config.load_balance
         if owner:
-            self.gate = gate.to(device)  # saved with this layer
+            self.gate = gate.to(base_layer.weight.device)  # saved with this layer
         object.__setattr__(self, "instance_gate", gate)  # every layer reads it, only the owner holds it
         self.owner = owner
 
@@ -213,10 +213,6 @@ class IloraLinear(AdapterLinear):
 
     def merge(self) -> None:
         self.delta_weight()
-
-    def low_rank_factors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """B and A as LoRA's (ΔW at the uniform gate, times K): the factors' norms and ranks, for diagnostics."""
-        return self.lora_B * self.scaling, self.lora_A
 
     def linear_maps(self) -> list[LinearMap]:
         """A: a = x, g = s·(Bᵀ∂y) ⊙ g(x); B: a = (A x) ⊙ g(x), g = s·∂y (the update is s·B (g(x) ⊙ A x))."""

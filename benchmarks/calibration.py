@@ -146,6 +146,8 @@ def worker(profile: Profile, task: str, seed: int, method: str, runs: Path, mode
     from polar_vbll.engine import fit, refine
 
     adapter, uq, source, post_hoc, options = ALL[method]
+    if uq == "vbll":  # the rows recorded with stochastic head steps keep them; "exact head" rows say so
+        options = {**options, "vbll": {"head_phase": "stochastic", **options.get("vbll", {})}}
     out = cell_dir(runs, task, seed, method)
     if source:
         result = refine(cell_dir(runs, task, seed, source), out, overwrite=True, progress=False, **post_hoc)

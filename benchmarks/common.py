@@ -66,6 +66,10 @@ def write_results(stem: Path, data: dict, lines: list[str], machine: dict, comma
     return text
 
 
+# the VBLL head as the benchmarks recorded before the exact head phase became the default
+STOCHASTIC_VBLL = {"method": "vbll", "head_phase": "stochastic"}
+
+
 def merged_runs(path: Path, latest: dict, references: set[str], selection: str) -> list[dict]:
     """The invocations recorded in ``path`` (each {command, machine, rows}), less the rows ``latest`` measured again,
     then ``latest``: a run of some rows adds them to the table instead of replacing it. A kept run keeps its

@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
     RESULTS,
+    STOCHASTIC_VBLL,
     inference_times,
     machine_info,
     merged_runs,
@@ -50,9 +51,9 @@ METHODS = {
     "TFB": ("lora", "tfb", {}),
     "PoLAR-MAP (geoopt)": ("polar", "map", {}),
     "PoLAR-MAP (landing)": ("polar", "map", {"optimizer": "landing"}),
-    "PoLAR-VBLL": ("polar", "vbll", {}),
-    "PoLAR-VBLL (landing)": ("polar", "vbll", {"optimizer": "landing"}),
-    "PoLAR-VBLL + LA": ("polar", "vbll", {"laplace": True}),
+    "PoLAR-VBLL": ("polar", STOCHASTIC_VBLL, {}),
+    "PoLAR-VBLL (landing)": ("polar", STOCHASTIC_VBLL, {"optimizer": "landing"}),
+    "PoLAR-VBLL + LA": ("polar", STOCHASTIC_VBLL, {"laplace": True}),
     "PoLAR-BLoB": ("polar", "blob", {}),
     "PoLAR-TFB": ("polar", "tfb", {}),
     "PoLAR-VBLL (exact head)": ("polar", {"method": "vbll", "head_phase": "exact"}, {}),

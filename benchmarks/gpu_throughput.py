@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine_info, write_results  # noqa: E402
+from common import RESULTS, STOCHASTIC_VBLL, machine_info, write_results  # noqa: E402
 
 SHAPES = {
     "llama-2-7b": dict(
@@ -32,7 +32,8 @@ SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=512),
 }
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0}  # dense, SXM where it applies
-METHODS = {"LoRA-MAP": ("lora", "map"), "PoLAR-VBLL": ("polar", "vbll")}
+# the step kernels: adapter and head-only steps (the exact head phase's solves are timed by head_phase.py)
+METHODS = {"LoRA-MAP": ("lora", "map"), "PoLAR-VBLL": ("polar", STOCHASTIC_VBLL)}
 
 
 def random_backbone(shape: str, device: str, dtype: torch.dtype):

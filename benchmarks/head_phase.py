@@ -41,7 +41,7 @@ METHODS = {
     "PoLAR-MAP": ("polar", {"method": "map"}, None, {}),
     "PoLAR-MAP + LLLA": ("polar", {"method": "map"}, "PoLAR-MAP", {"laplace": True, "la_subset": "last_layer"}),
     "PoLAR-TFB": ("polar", {"method": "map"}, "PoLAR-MAP", {"tfb": True}),
-    "PoLAR-VBLL (stochastic head)": ("polar", {"method": "vbll"}, None, {}),
+    "PoLAR-VBLL (stochastic head)": ("polar", {"method": "vbll", "head_phase": "stochastic"}, None, {}),
     "PoLAR-VBLL (exact head)": ("polar", {"method": "vbll", "head_phase": "exact"}, None, {}),
 }
 REFERENCES = ("MAP-LoRA", "TS")

@@ -26,7 +26,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, inference_times, merged_runs, peak_rss_mb, run_worker, runs_footer, timed_fit  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS,
+    STOCHASTIC_VBLL,
+    inference_times,
+    merged_runs,
+    peak_rss_mb,
+    run_worker,
+    runs_footer,
+    timed_fit,
+)
 
 # Learning rates: the project default 1e-3 for the low-rank adapters; S2FT and LISA change full-size weight blocks,
 # so they get their papers' smaller rates.
@@ -58,7 +67,7 @@ def worker(row: str, args) -> dict:
         model="smollm2-135m",
         task=args.task,
         adapter=adapter,
-        uq=uq,
+        uq=STOCHASTIC_VBLL if uq == "vbll" else uq,  # the head the recorded rows used
         steps=args.steps,
         batch_size=args.batch_size,
         max_length=args.max_length,

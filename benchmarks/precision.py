@@ -39,7 +39,10 @@ from common import RESULTS, machine_info, run_worker, write_results  # noqa: E40
 
 MODEL = "smollm2-135m"
 DEMO = {"model": MODEL, "task": "sst2", "steps": 100, "batch_size": 16, "seed": 0}
-METHODS = {"LoRA-MAP": {"adapter": "lora", "uq": "map"}, "PoLAR-VBLL": {"adapter": "polar", "uq": "vbll"}}
+METHODS = {
+    "LoRA-MAP": {"adapter": "lora", "uq": "map"},
+    "PoLAR-VBLL": {"adapter": "polar", "uq": "vbll", "vbll_head_phase": "stochastic"},  # as recorded
+}
 VARIANTS = {
     "fp32": {"precision": "fp32"},
     "bf16, fp32 base": {"precision": "bf16", "base_dtype": "fp32"},

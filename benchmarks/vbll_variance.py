@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine_info, write_results  # noqa: E402
+from common import RESULTS, STOCHASTIC_VBLL, machine_info, write_results  # noqa: E402
 
 
 def head_features(backbone, task, items, max_length: int, batch_size: int = 16) -> torch.Tensor:
@@ -64,7 +64,7 @@ def load(run: str):
     from polar_vbll.engine.build import build_components
 
     if run.startswith("zero-shot:"):
-        config = FitConfig(task=run.split(":", 1)[1], adapter="polar", uq="vbll", max_length=256)
+        config = FitConfig(task=run.split(":", 1)[1], adapter="polar", uq=STOCHASTIC_VBLL, max_length=256)
         backbone, task, head = build_components(config)
         return backbone, head, task, None, config.max_length
     result = load_run(run)

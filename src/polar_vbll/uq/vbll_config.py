@@ -37,7 +37,7 @@ class VBLLConfig(MethodConfig):
     head_phase: Literal["stochastic", "exact"] = _help(
         "how the head learns: stochastic steps alternating with adapter steps, or an exact phase solving it on "
         "cached features of a training buffer every solve_every adapter steps and at the end",
-        "stochastic",
+        "exact",
     )
     solve_every: int = _help("exact head phase: adapter steps between two solves", 20)
     solve_buffer: int = _help("exact head phase: training examples whose features are cached (seeded, per phase)", 512)

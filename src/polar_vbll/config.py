@@ -62,7 +62,11 @@ class FitConfig:
         default_factory=list,
     )
     grad_clip: float = _help("clip the gradient norm of the updated parameters (0 = off)", 1.0)
-    alternate: bool | None = _help("alternate head and adapter steps (default: yes for vbll, joint otherwise)", None)
+    alternate: bool | None = _help(
+        "alternate head and adapter steps (default: yes for vbll's stochastic head phase, joint otherwise; with an "
+        "exact head phase every step is an adapter step)",
+        None,
+    )
     head_steps: int = _help("head-only steps per alternating cycle (adapter fixed; no backbone backward)", 1)
     adapter_steps: int = _help("adapter steps per alternating cycle (head fixed)", 1)
     seed: int = _help("seed of initialization, data order and sampling", 0)

@@ -16,6 +16,7 @@ OPTIONS = {
     "s2ft": {"s2ft_head_ratio": 0.25, "s2ft_channel_ratio": 0.1},
     "lisa": {"lisa_layers": 1, "lisa_interval": 2},
     "ilora": {"ilora_experts": 2, "ilora_load_balance": 0.1},
+    "emtal": {"emtal_experts": 2},
 }
 
 
@@ -37,7 +38,7 @@ def test_adapter_with_head_trains_and_reloads_to_its_report(adapter, uq, tiny_di
         assert len(list((tmp_path / "cache" / "corda").glob("*.safetensors"))) == 1  # reused on the next run
 
 
-@pytest.mark.parametrize("adapter", ["corda", "s2ft", "lisa", "ilora"])
+@pytest.mark.parametrize("adapter", ["corda", "s2ft", "lisa", "ilora", "emtal"])
 def test_resume_is_exact(adapter, tiny_dir, task_dir, tmp_path):  # noqa: F811
     options = {"adapter": adapter, "uq": "map", **OPTIONS[adapter]}
     assert_resume_is_exact(config(tiny_dir, task_dir, **options), tmp_path, kill_at=5)
@@ -105,6 +106,7 @@ def test_export_lora_from_the_command_line(tiny_dir, task_dir, tmp_path):  # noq
         ("s2ft", "laplace"),
         ("ilora", "laplace"),
         ("ilora", "mc_dropout"),
+        ("emtal", "temperature"),
     ],
 )
 def test_uq_methods_train_and_reload_to_their_report(adapter, uq, tiny_dir, task_dir, tmp_path):  # noqa: F811

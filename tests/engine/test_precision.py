@@ -82,6 +82,7 @@ ADAPTER_OPTIONS = {
     "s2ft": {"s2ft_head_ratio": 0.25, "s2ft_channel_ratio": 0.1},
     "lisa": {"lisa_layers": 1, "lisa_interval": 2},
     "ilora": {"ilora_experts": 2},
+    "emtal": {"emtal_experts": 2},
 }
 
 

@@ -3,11 +3,12 @@
 A method is a config dataclass plus a layer class, registered in :data:`ADAPTERS` (one file, one line).
 """
 
-from . import corda, dora, ilora, lisa, lora, pissa, polar, s2ft  # noqa: F401  (registers the methods)
+from . import corda, dora, emtal, ilora, lisa, lora, pissa, polar, s2ft  # noqa: F401  (registers the methods)
 from .base import ADAPTERS, AdapterConfig, AdapterLinear, LowRankConfig, ModelTuner, TunerConfig, make_config
 from .corda import CordaConfig, CordaLinear, cached_covariances, collect_covariances
 from .diagnostics import adapter_diagnostics, orthogonality_error, stable_rank
 from .dora import DoraConfig, DoraLinear
+from .emtal import EmtalConfig, EmtalLinear, balanced_kmeans
 from .files import load_adapter, load_adapter_config, save_adapter
 from .ilora import IloraConfig, IloraLinear, InstanceGate
 from .injection import (
@@ -17,11 +18,13 @@ from .injection import (
     adapter_layers,
     adapter_parameters,
     adapter_state_dict,
+    adapters_on_step,
     count_trainable,
     ensemble_size,
     inject_adapters,
     load_adapter_state,
     merge_adapters,
+    merge_and_unload,
     model_tuner,
     set_active_member,
     unmerge_adapters,
@@ -42,6 +45,8 @@ __all__ = [
     "CordaLinear",
     "DoraConfig",
     "DoraLinear",
+    "EmtalConfig",
+    "EmtalLinear",
     "IloraConfig",
     "IloraLinear",
     "InstanceGate",
@@ -65,6 +70,8 @@ __all__ = [
     "adapter_layers",
     "adapter_parameters",
     "adapter_state_dict",
+    "adapters_on_step",
+    "balanced_kmeans",
     "cached_covariances",
     "collect_covariances",
     "count_trainable",
@@ -76,6 +83,7 @@ __all__ = [
     "load_adapter_state",
     "make_config",
     "merge_adapters",
+    "merge_and_unload",
     "model_tuner",
     "orthogonality_error",
     "save_adapter",

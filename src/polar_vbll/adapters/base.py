@@ -160,6 +160,9 @@ class AdapterLinear(nn.Module, abc.ABC):
         """The factor that carries a Gaussian posterior (capability ``gaussian_factor``)."""
         raise PolarVBLLError(f"{type(self).__name__} declares no {Capability.GAUSSIAN_FACTOR.value}")
 
+    def on_step(self, step: int, total: int) -> None:  # noqa: B027 (optional hook)
+        """Called before training step ``step`` (0-based) of ``total`` (EMTAL's router fading)."""
+
     def auxiliary_loss(self) -> torch.Tensor | None:
         """A term the method adds to the training loss, from the last forward pass (iLoRA's load balancing);
         ``None`` for none."""

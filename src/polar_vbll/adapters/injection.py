@@ -182,6 +182,12 @@ def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor], source:
         layer.load_adapter_state({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
 
 
+def adapters_on_step(model: nn.Module, step: int, total: int) -> None:
+    """Tell every adapter layer that training step ``step`` (0-based) of ``total`` begins."""
+    for layer in adapter_layers(model).values():
+        layer.on_step(step, total)
+
+
 def adapter_auxiliary_loss(model: nn.Module) -> torch.Tensor | None:
     """The sum of the adapter layers' training-loss terms from the last forward pass (``None`` when none has one)."""
     terms = [t for layer in adapter_layers(model).values() if (t := layer.auxiliary_loss()) is not None]
@@ -204,3 +210,16 @@ def merge_adapters(model: nn.Module) -> None:
 def unmerge_adapters(model: nn.Module) -> None:
     for layer in adapter_layers(model).values():
         layer.unmerge()
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Merge every adapter into its base weight and put the base ``nn.Linear`` back in its place: the model has the
+    base architecture, parameter count and forward cost again (for deployment; the adapter cannot be unmerged)."""
+    merge_adapters(model)
+    for name, layer in adapter_layers(model).items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.base_layer)
+    for attr in (CONFIG_ATTR, MEMBERS_ATTR):
+        if hasattr(model, attr):
+            delattr(model, attr)
+    return model

@@ -20,7 +20,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..adapters import adapter_auxiliary_loss, adapter_diagnostics, adapter_parameters, model_tuner
+from ..adapters import (
+    adapter_auxiliary_loss,
+    adapter_diagnostics,
+    adapter_parameters,
+    adapters_on_step,
+    model_tuner,
+)
 from ..atomic import atomic_write_json
 from ..config import FitConfig
 from ..data import encoded_batches, get_task
@@ -136,6 +142,7 @@ def fit(
             phase = "adapter" if solve_every else phase_of(step, config)
             if tuner is not None:
                 tuner.on_step(step, adapter_opt)
+            adapters_on_step(backbone.model, step, config.steps)
             factor = schedule(step)
             for optimizer in optimizers:
                 for group in optimizer.param_groups:

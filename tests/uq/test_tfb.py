@@ -46,6 +46,24 @@ def test_the_noise_is_the_official_gaussian_on_the_factor(kind):
     assert noise.mean(0).abs().max() < 4 * (expected / len(noise)).sqrt().max()
 
 
+@torch.no_grad()
+def test_attaching_again_keeps_one_noise_hook_per_layer():
+    draws = []
+    for attachments in (1, 2):
+        torch.manual_seed(0)
+        backbone = tiny_backbone()
+        inject_adapters(backbone.model, make_config("lora", r=3))
+        layer = next(iter(adapter_layers(backbone.model).values()))
+        layer.lora_B.normal_()
+        head = TFBHead(torch.zeros(2, 32), TFBConfig())
+        for _ in range(attachments):
+            head.attach(backbone)
+        head.tfb_sigma.fill_(0.3)
+        with head.backbone_sample(backbone, 0, torch.Generator().manual_seed(1)):
+            draws.append(layer(torch.ones(4, layer.in_features)))
+    assert torch.equal(draws[0], draws[1])
+
+
 def test_tfb_refuses_adapters_without_a_gaussian_factor():
     backbone = tiny_backbone()
     inject_adapters(backbone.model, make_config("dora", r=2))

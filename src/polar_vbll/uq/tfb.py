@@ -55,15 +55,17 @@ class TFBHead(PointHead):
         self.config = config
         self.register_buffer("tfb_sigma", torch.zeros(()))
         self._layers: list = []
+        self._handles: list = []
         self._bases: dict[int, torch.Tensor] = {}
         self._sampling = False
         self._generator: torch.Generator | None = None
 
     def attach(self, backbone) -> None:
         layers = gaussian_factor_layers(backbone, "tfb")
-        for layer in layers:
-            layer.register_forward_hook(self._hook)
-        self._layers = layers
+        for handle in self._handles:  # attached again (another backbone, a reload): one hook per layer, no more
+            handle.remove()
+        self._handles = [layer.register_forward_hook(self._hook) for layer in layers]
+        self._layers, self._bases = layers, {}
 
     def _hook(self, layer, args, output):
         sigma = float(self.tfb_sigma)

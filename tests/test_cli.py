@@ -70,7 +70,10 @@ def test_every_fit_option_has_a_working_flag():
     for f in fields(FitConfig):  # every option, and every option of every registered method, has a flag
         assert "--" + f.name.replace("_", "-") in flags, f.name
     top_level = {f.name for f in fields(FitConfig)}  # seed: the adapter's is the run's
-    for registry, shared in ((ADAPTERS, {"r", "alpha", "target_modules", "dropout"}), (UQ_METHODS, set())):
+    adapter_fields = [f.name for method in ADAPTERS for f in fields(ADAPTERS.get(method).config)]
+    shared_by_adapters = {name for name in adapter_fields if adapter_fields.count(name) > 1}
+    assert {"r", "alpha", "target_modules", "dropout", "experts"} <= shared_by_adapters
+    for registry, shared in ((ADAPTERS, shared_by_adapters), (UQ_METHODS, set())):
         for method in registry:
             for f in fields(registry.get(method).config):
                 if f.name in top_level:

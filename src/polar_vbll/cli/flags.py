@@ -75,7 +75,11 @@ def add_method_flags(parser: argparse.ArgumentParser, section: str, registry, sk
         cls = registry.get(methods[0]).config
         aliases = tuple(renamed[(section, m, name)] for m in methods if (section, m, name) in renamed)
         aliases += ("theta",) if flat == "polar_theta" else ()  # today's --theta
-        helptext = f"{', '.join(methods)}: {f.metadata.get('help', '')}"
+        helps: dict[str, list[str]] = {}  # methods sharing a field name may mean different things by it
+        for method in methods:
+            own = next(g for g in fields(registry.get(method).config) if g.name == name)
+            helps.setdefault(own.metadata.get("help", ""), []).append(method)
+        helptext = "; ".join(f"{', '.join(owners)}: {text}" for text, owners in helps.items())
         _add_flag(group, flat, f, field_types(cls)[name], helptext, aliases)
         added.append(flat)
     return added

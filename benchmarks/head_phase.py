@@ -45,6 +45,8 @@ METHODS = {
     "PoLAR-VBLL (exact head)": ("polar", {"method": "vbll", "head_phase": "exact"}, None, {}),
 }
 REFERENCES = ("MAP-LoRA", "TS")
+PROBS = RESULTS / "head_phase_probs.npz"  # each cell's (probs, labels), for the intervals
+PAIR = ("probs", "labels")
 
 
 def cell_dir(runs: Path, task: str, seed: int, method: str) -> Path:
@@ -111,22 +113,51 @@ def compared(method: str, ref: str) -> bool:
     return not (method in REFERENCES and REFERENCES.index(method) > REFERENCES.index(ref))
 
 
-def intervals(runs: Path, task: str, seeds: list[int]) -> dict:
+def probs_key(task: str, seed: int | str, method: str, what: str) -> str:
+    return f"{task}|{seed}|{method}|{what}"
+
+
+def stored_probs() -> dict[str, np.ndarray]:
+    """Every finished cell's evaluation probabilities and labels, kept beside the results (``PROBS``) so that the
+    intervals can be recomputed when the run folders are gone."""
+    if not PROBS.exists():
+        return {}
+    with np.load(PROBS) as data:  # arrays only: allow_pickle stays False
+        return {key: data[key] for key in data.files}
+
+
+def store_probs(store: dict, task: str, seed: int, method: str, folder: Path) -> None:
+    """Add ``folder``'s probabilities to ``store`` and write it atomically."""
+    import os
+
+    with np.load(folder / "probs.npz") as cell:
+        store[probs_key(task, seed, method, "probs")] = cell["probs"].astype(np.float32)
+        store[probs_key(task, seed, method, "labels")] = cell["labels"].astype(np.int64)
+    partial = PROBS.with_name(PROBS.stem + ".partial.npz")
+    np.savez_compressed(partial, **store)
+    os.replace(partial, PROBS)
+
+
+def intervals(store: dict, task: str, seeds: list[int], recorded: dict) -> dict:
     """{method: {reference: {"seeds": [...], metric: interval}}} of the paired ECE and NLL differences on the
-    predictions of the ``seeds`` both finished, pooled (seeds × examples)."""
+    predictions of the ``seeds`` both finished, pooled (seeds × examples). A ``recorded`` interval over more seeds
+    than the stored probabilities allow (cells measured before they were stored) is kept."""
     from polar_vbll.metrics import ece, nll, paired_bootstrap
 
     def finished(method):
-        return [seed for seed in seeds if (cell_dir(runs, task, seed, method) / "probs.npz").exists()]
+        return [seed for seed in seeds if probs_key(task, seed, method, "probs") in store]
 
     def pooled(method, shared):
-        loaded = [np.load(cell_dir(runs, task, seed, method) / "probs.npz") for seed in shared]
-        return np.concatenate([d["probs"] for d in loaded]), np.concatenate([d["labels"] for d in loaded])
+        return tuple(np.concatenate([store[probs_key(task, s, method, what)] for s in shared]) for what in PAIR)
 
     out: dict = {}
     for method in METHODS:
         for ref in REFERENCES:
             shared = [seed for seed in finished(method) if seed in finished(ref)]
+            before = recorded.get(method, {}).get(ref)
+            if before and len(before.get("seeds", [])) > len(shared):
+                out.setdefault(method, {})[ref] = before
+                continue
             if not shared or not compared(method, ref):
                 continue
             (probs, labels), (base_probs, base_labels) = pooled(method, shared), pooled(ref, shared)
@@ -216,6 +247,15 @@ def markdown(data: dict) -> list[str]:
     return lines
 
 
+def to_run(args, task: str, seed: int, cells: dict) -> list[str]:
+    """The selected methods not yet recorded for (task, seed), and the recorded sources they refine whose run folder
+    is gone (rebuilt), in the table's order; a recorded cell is measured again only when ``--rebuild`` names it."""
+    wanted = [method for method in selected(args.methods) if method not in cells or method in (args.rebuild or [])]
+    sources = {METHODS[method][2] for method in wanted if METHODS[method][2]}
+    missing = {src for src in sources if not (cell_dir(Path(args.runs), task, seed, src) / "cell.json").exists()}
+    return [method for method in METHODS if method in set(wanted) | missing]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["sst2"])
@@ -225,6 +265,12 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, default=1000)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="only these (and the runs they refine)")
+    parser.add_argument(
+        "--rebuild",
+        nargs="+",
+        choices=list(METHODS),
+        help="measure these again even where recorded (their probabilities for the intervals); reports the change",
+    )
     parser.add_argument("--runs", default="runs/head_phase", help="cell folders (default %(default)s)")
     add_precision_argument(parser, "every run")
     parser.add_argument("--worker", nargs=3, metavar=("TASK", "SEED", "METHOD"), help=argparse.SUPPRESS)
@@ -251,19 +297,34 @@ def main() -> None:
     recorded.setdefault("model", "smollm2-135m")  # results written before the model was recorded
     same = all(recorded.get(k) == v for k, v in settings.items())
     data = {**settings, "cells": recorded.get("cells", {}) if same else {}, "intervals": {}}
+    store = stored_probs()
     for task in args.tasks:
         for seed in args.seeds:
             cells = data["cells"].setdefault(task, {}).setdefault(str(seed), {})
-            for method in selected(args.methods):
+            for method in to_run(args, task, seed, cells):
                 folder = cell_dir(Path(args.runs), task, seed, method)
                 if (folder / "cell.json").exists() and (folder / "probs.npz").exists():
                     cells[method] = json.loads((folder / "cell.json").read_text())
-                    continue
-                print(f"{task} seed {seed}: {method}", flush=True)
-                cells[method] = run_worker(__file__, *flags, "--worker", task, str(seed), method)
+                else:
+                    print(f"{task} seed {seed}: {method}", flush=True)
+                    cell = run_worker(__file__, *flags, "--worker", task, str(seed), method)
+                    if method in cells:  # rebuilt as the source of a refinement: does it reproduce the record?
+                        before = cells[method]["metrics"]
+                        diffs = [abs(v - before[k]) for k, v in cell["metrics"].items() if k in before]
+                        cell["rebuilt_max_diff"] = max(diffs)
+                        print(f"  rebuilt: largest metric difference {max(diffs):.2e}", flush=True)
+                    cells[method] = cell
+                store_probs(store, task, seed, method, folder)
+                publish(data, store, recorded.get("intervals", {}) if same else {})
+    publish(data, store, recorded.get("intervals", {}) if same else {})
+
+
+def publish(data: dict, store: dict, recorded_intervals: dict) -> None:
+    """Intervals over what is stored, then the results files (after every cell: a stopped run loses nothing)."""
     for task, seeds in data["cells"].items():
         numbers = sorted(int(seed) for seed in seeds)
-        data["intervals"][task] = {"seeds": numbers, "methods": intervals(Path(args.runs), task, numbers)}
+        before = recorded_intervals.get(task, {}).get("methods", {})
+        data["intervals"][task] = {"seeds": numbers, "methods": intervals(store, task, numbers, before)}
     command = shlex.join(["python", "benchmarks/head_phase.py", *sys.argv[1:]])
     write_results(RESULTS / "head_phase", data, markdown(data), machine_info(), command)
 

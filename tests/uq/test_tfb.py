@@ -1,5 +1,7 @@
 """TFB: the noise of its Gaussian against the closed form, σ = 0 is MAP, the σ search, save/load and resume."""
 
+import math
+
 import pytest
 import torch
 
@@ -96,6 +98,31 @@ def test_the_search_meets_its_tolerance_and_grows_with_it(criterion, tiny_dir, t
         assert report["degradation"] <= tolerance and report["anchor_examples"] == 6
         found.append(report["sigma"])
     assert found == sorted(found) and found[-1] > found[0]
+
+
+@pytest.mark.parametrize(
+    ("sigma_max", "tolerance", "sigma", "note"),
+    [(1.0, 0.3, 0.296875, None), (0.2, 0.3, 0.2, "--tfb-sigma-max"), (1.0, 1e-3, 0.0, "MAP model")],
+)
+def test_the_search_evaluates_each_sigma_once_and_explains_its_ends(sigma_max, tolerance, sigma, note, monkeypatch):
+    """A degradation equal to σ (probabilities of the pseudo-label exp(−σ)): bisection keeps the largest σ of its
+    grid below the tolerance, reports the degradation measured there without measuring it again (one reference
+    pass, then at most search_steps + 1 noisy ones), and a search that ends at either end of [0, σ_max] says so."""
+    head = TFBHead(torch.zeros(2, 4), TFBConfig(criterion="nll", tolerance=tolerance, sigma_max=sigma_max))
+    calls = []
+
+    def anchor_probs(backbone, batches, value, seed=0):
+        calls.append(value)
+        head.tfb_sigma.fill_(value)
+        kept = torch.tensor(math.exp(-value), dtype=torch.float64)
+        return torch.stack([kept, 1 - kept])[None].float()
+
+    monkeypatch.setattr(head, "anchor_probs", anchor_probs)
+    found = head.post_hoc(None, [{}], 1)
+    assert found["sigma"] == pytest.approx(sigma) and head.tfb_sigma.item() == pytest.approx(sigma)
+    assert found["degradation"] == pytest.approx(sigma, abs=1e-6) and found["degradation"] <= tolerance
+    assert len(calls) == len(set(calls)) <= head.config.search_steps + 2
+    assert (note is None) == ("note" not in found) and (note is None or note in found["note"])
 
 
 def test_a_tfb_fit_resumes_bit_identically(tiny_dir, task_dir, tmp_path):  # noqa: F811

@@ -123,8 +123,11 @@ class TFBHead(PointHead):
         self._bases.clear()
         reference = self.anchor_probs(backbone, batches, 0.0)
 
+        measured = {0.0: 0.0}  # σ -> degradation: the kept σ is never evaluated twice
+
         def meets(sigma: float) -> bool:
-            return self.degradation(self.anchor_probs(backbone, batches, sigma), reference) <= config.tolerance
+            measured[sigma] = self.degradation(self.anchor_probs(backbone, batches, sigma), reference)
+            return measured[sigma] <= config.tolerance
 
         low, high, at_bound = 0.0, config.sigma_max, False
         if meets(high):
@@ -133,15 +136,23 @@ class TFBHead(PointHead):
             for _ in range(config.search_steps):
                 mid = (low + high) / 2
                 low, high = (mid, high) if meets(mid) else (low, mid)
-        found = self.degradation(self.anchor_probs(backbone, batches, low), reference)  # leaves σ = low stored
-        return {
+        self.tfb_sigma.fill_(low)
+        found: dict[str, object] = {
             "sigma": float(self.tfb_sigma),
             "criterion": config.criterion,
-            "degradation": found,
+            "degradation": measured[low],
             "tolerance": config.tolerance,
             "at_sigma_max": at_bound,
             "anchor_examples": len(reference),
         }
+        if at_bound:
+            found["note"] = f"σ reached sigma_max {config.sigma_max}: raise --tfb-sigma-max to search further"
+        elif low == 0.0:
+            found["note"] = (
+                f"no σ > {config.sigma_max / 2**config.search_steps:.2g} met the tolerance: TFB's predictive is the "
+                "MAP model's (at `samples` times its cost)"
+            )
+        return found
 
 
 @dataclass

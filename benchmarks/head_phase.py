@@ -325,8 +325,17 @@ def publish(data: dict, store: dict, recorded_intervals: dict) -> None:
         numbers = sorted(int(seed) for seed in seeds)
         before = recorded_intervals.get(task, {}).get("methods", {})
         data["intervals"][task] = {"seeds": numbers, "methods": intervals(store, task, numbers, before)}
-    command = shlex.join(["python", "benchmarks/head_phase.py", *sys.argv[1:]])
-    write_results(RESULTS / "head_phase", data, markdown(data), machine_info(), command)
+    write_results(RESULTS / "head_phase", data, markdown(data), machine_info(), reproduce_command(data))
+
+
+def reproduce_command(data: dict) -> str:
+    """One command that measures every recorded cell again (cells accumulate over invocations, so the last
+    invocation's own command would reproduce only its part): all methods, on every recorded task and seed."""
+    seeds = sorted({int(seed) for seeds in data["cells"].values() for seed in seeds})
+    words = ["python", "benchmarks/head_phase.py", "--tasks", *data["cells"], "--seeds", *map(str, seeds)]
+    defaults = {"steps": 100, "batch_size": 16, "eval_limit": 1000, "model": "smollm2-135m"}
+    words += [f"--{k.replace('_', '-')}={data[k]}" for k, v in defaults.items() if data[k] != v]
+    return shlex.join([*words, f"--precision={data['precision']}"])
 
 
 if __name__ == "__main__":

@@ -141,8 +141,12 @@ def test_flags_are_parsed_by_the_fields_annotations():
     from polar_vbll.cli.flags import flag_options
 
     assert flag_options(bool | None) == {"action": argparse.BooleanOptionalAction}
-    assert flag_options(list[int]) == {"nargs": "+", "type": int}
-    assert flag_options(list[str] | None) == {"nargs": "+", "type": str}
+    assert flag_options(list[int]) == {"nargs": "+", "action": "extend", "type": int}
+    assert flag_options(list[str] | None) == {"nargs": "+", "action": "extend", "type": str}
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--task", default=None, **flag_options(str | list[str]))
+    assert parser.parse_args(["--task", "a", "--task", "b", "c"]).task == ["a", "b", "c"]  # repeated flags add up
+    assert parser.parse_args([]).task is None
     assert flag_options(Literal["ipm", "kpm"]) == {"type": str, "choices": ["ipm", "kpm"]}
     assert flag_options(Literal["geoopt", "landing", "adamw"] | None)["choices"] == ["geoopt", "landing", "adamw"]
     assert flag_options(float | None) == {"type": float} and flag_options(int) == {"type": int}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -11,12 +10,12 @@ from typing import Any, Literal
 
 from .adapters.base import ADAPTERS, check_capabilities
 from .adapters.polar import PolarConfig
+from .config_methods import line_of, method_config, post_hoc_steps
 from .data.encoding import DEFAULT_MAX_LENGTH
 from .errors import PolarVBLLError
 from .fields import ConfigFieldError, MethodConfig, check_types, from_mapping
 from .fields import help_field as _help
 from .flat_options import nest_flat_options
-from .registry import Registry
 from .uq import UQ_METHODS, VBLLConfig
 
 
@@ -31,7 +30,22 @@ class FitConfig:
     """
 
     model: str = _help("embedded model name, Hugging Face id or local folder", "smollm2-135m")
-    task: str = _help("task name (polar-vbll data list) or path to a JSONL file/folder", "sst2")
+    task: str | list[str] = _help(
+        "task name (polar-vbll data list) or path to a JSONL file/folder; several tasks train one adapter with a head "
+        "per task (multi-task fit)",
+        "sst2",
+    )
+    task_sampling: Literal["balanced", "proportional", "temperature"] = _help(
+        "multi-task fit: each step's task, in shares that are equal (balanced), proportional to the tasks' training "
+        "examples n, or proportional to n^(1/task_temperature)",
+        "balanced",
+    )
+    task_temperature: float = _help("multi-task fit with task_sampling temperature: shares ∝ n^(1/T)", 2.0)
+    quality_retaining: float | None = _help(
+        "EMTAL's quality retaining: weight λ of a pull of each training example's logits towards its best earlier "
+        "ones, KL(best ‖ current) (default: 1 for adapter emtal on several tasks, else 0 = off)",
+        None,
+    )
     template: str | None = _help("prompt template (default: the task's)", None)
     adapter: MethodConfig = _help(
         "adapter method (polar, lora, dora, pissa, corda, s2ft, lisa) and its options", default_factory=PolarConfig
@@ -100,12 +114,13 @@ class FitConfig:
     )
 
     def __post_init__(self):
-        self.uq = _method_config(UQ_METHODS, self.uq, "uq", self)
-        self.adapter = _method_config(ADAPTERS, self.adapter, "adapter", self)
+        self.uq = method_config(UQ_METHODS, self.uq, "uq", self)
+        self.adapter = method_config(ADAPTERS, self.adapter, "adapter", self)
         check_types(self)
         method = UQ_METHODS.get(self.uq.method)
+        self._check_tasks(method.multi_task)
         adapter = ADAPTERS.get(self.adapter.method)
-        self.post_hoc = _post_hoc_steps(self.post_hoc, method.post_hoc, self.uq.method)
+        self.post_hoc = post_hoc_steps(self.post_hoc, method.post_hoc, self.uq.method)
         foreign = [step for step in self.post_hoc if step not in (*method.post_hoc, *method.supports)]
         if foreign:
             raise ConfigFieldError(
@@ -148,7 +163,14 @@ class FitConfig:
         for name in ("lr_adapter", "lr_head"):
             if not getattr(self, name) > 0:
                 raise ConfigFieldError("FitConfig", name, f"must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "grad_clip", "checkpoint_every", "log_every", "landing_lambda"):
+        for name in (
+            "weight_decay",
+            "grad_clip",
+            "checkpoint_every",
+            "log_every",
+            "landing_lambda",
+            "quality_retaining",
+        ):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigFieldError("FitConfig", name, f"must be >= 0, got {getattr(self, name)}")
         if self.lr_restarts != sorted(set(self.lr_restarts)) or not all(0 < s < self.steps for s in self.lr_restarts):
@@ -163,6 +185,47 @@ class FitConfig:
             raise PolarVBLLError("FitConfig.head_steps and adapter_steps must be >= 0 with a positive sum")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigFieldError("FitConfig", "warmup_ratio", f"must lie in [0, 1), got {self.warmup_ratio}")
+
+    @property
+    def task_names(self) -> list[str]:
+        """The tasks the run trains on: one, or several for a multi-task fit."""
+        return [self.task] if isinstance(self.task, str) else list(self.task)
+
+    @property
+    def single_task(self) -> str:
+        """The task of a single-task config (a multi-task fit's task alone: :meth:`for_task`)."""
+        if not isinstance(self.task, str):
+            raise PolarVBLLError(f"FitConfig.task: {', '.join(self.task)} are several tasks; pick one (for_task)")
+        return self.task
+
+    def for_task(self, name: str) -> FitConfig:
+        """The config of one task of a multi-task fit, as a single-task run on the same weights records it."""
+        return replace(self, task=name)
+
+    def _check_tasks(self, per_task_heads: bool) -> None:
+        tasks = self.task_names
+        if self.quality_retaining is not None and not (self.quality_retaining == 0 or per_task_heads):
+            raise ConfigFieldError(
+                "FitConfig", "quality_retaining", f"needs a head over features, not uq {self.uq.method!r}"
+            )
+        if len(tasks) == 1:
+            self.task = tasks[0]  # a list of one is the single-task run
+            self.quality_retaining = self.quality_retaining or 0.0
+            return
+        if not tasks or len(set(tasks)) != len(tasks):
+            raise ConfigFieldError("FitConfig", "task", f"expected one or more distinct tasks, got {tasks}")
+        if not per_task_heads:
+            able = ", ".join(name for name in UQ_METHODS if UQ_METHODS.get(name).multi_task)
+            raise ConfigFieldError(
+                "FitConfig", "task", f"uq {self.uq.method!r} acts on the shared adapter, so it cannot have one head "
+                f"per task; a multi-task fit takes {able} (refine a task's folder afterwards)"
+            )  # fmt: skip
+        if self.template is not None:
+            raise ConfigFieldError("FitConfig", "template", "one template for several tasks; leave it unset")
+        if self.quality_retaining is None:
+            self.quality_retaining = 1.0 if self.adapter.method == "emtal" else 0.0
+        if not self.task_temperature > 0:
+            raise ConfigFieldError("FitConfig", "task_temperature", f"must be > 0, got {self.task_temperature}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; ``adapter`` and ``uq`` are tables that carry their ``method``."""
@@ -208,7 +271,7 @@ class FitConfig:
                 raise
             line = ""
             if isinstance(exc, ConfigFieldError) and Path(source).is_file():
-                line = _line_of(Path(source).read_text(encoding="utf-8-sig"), exc.field)
+                line = line_of(Path(source).read_text(encoding="utf-8-sig"), exc.field)
             raise PolarVBLLError(f"{source}{line}: {exc}") from None
 
     @classmethod
@@ -240,51 +303,3 @@ class FitConfig:
 
 # what `fit --resume` may change: how long to train (extending a finished run) and how it logs and evaluates
 RESUME_OPTIONS = ("steps", "checkpoint_every", "log_every", "eval_split", "eval_limit", "eval_batch_size")
-
-
-def _line_of(text: str, name: str) -> str:
-    """``:N`` for the line of ``text`` that sets ``name`` (a TOML key or a JSON key), or ``""``."""
-    key = name.rsplit(".", 1)[-1]
-    pattern = re.compile(rf'^\s*(?:{re.escape(key)}\s*=|.*"{re.escape(key)}"\s*:)')
-    for number, line in enumerate(text.splitlines(), start=1):
-        if pattern.search(line):
-            return f":{number}"
-    return ""
-
-
-def _method_config(registry: Registry, value: Any, section: str, fit: FitConfig) -> MethodConfig:
-    """The method config of ``value`` (a name, a table with ``method``, or a config of a registered method).
-
-    A name or a table leaves unset fields to the method's defaults, except a field FitConfig also has (``seed``),
-    which is the run's.
-    """
-    if isinstance(value, MethodConfig):
-        expected = registry.get(value.method).config
-        if type(value) is not expected:
-            raise PolarVBLLError(f"FitConfig.{section}: {type(value).__name__} is not the config of {value.method!r}")
-        return value
-    table = {"method": value} if isinstance(value, str) else value
-    if not isinstance(table, dict) or not isinstance(table.get("method"), str):
-        raise ConfigFieldError(
-            "FitConfig", section, f"expected a method name or a table with method = <name>, got {value!r:.80}"
-        )
-    options = {k: v for k, v in table.items() if k != "method"}
-    cls = registry.get(table["method"]).config
-    names = {f.name for f in fields(cls)}
-    for f in fields(fit):
-        if f.name in names and f.name not in options:
-            options[f.name] = getattr(fit, f.name)
-    options = {k: v for k, v in options.items() if v is not None or k not in names}
-    config = from_mapping(cls, options, f"FitConfig.{section}")
-    check_types(config, f"FitConfig.{section}")
-    return config
-
-
-def _post_hoc_steps(given: list[str] | None, implied: tuple[str, ...], uq: str) -> list[str]:
-    """The post-hoc steps to run: the method's own (``implied``: ``uq laplace`` is MAP then ``laplace_lora``) first,
-    then those ``given``, each once."""
-    given = list(given or [])
-    steps = [step for step in implied if step not in given] + given
-    if len(set(steps)) != len(steps):
-        raise ConfigFieldError("FitConfig", "post_hoc", f"lists a step twice: {steps}")
-    return steps

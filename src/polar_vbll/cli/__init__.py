@@ -132,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a task split (zero-shot, or a trained RUN_DIR) and write a report")
     p.add_argument("run_dir", nargs="?", help="a run folder written by `fit` (omit for zero-shot scoring)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, HF id or folder (default %(default)s)")
-    p.add_argument("--task", help="task name or path to a JSONL file/folder (default for a run: its own)")
+    p.add_argument(
+        "--task",
+        help="task name or path to a JSONL file/folder (default for a run: its own; a multi-task run: which of its "
+        "tasks)",
+    )
     p.add_argument("--split", help="split (default: the task's evaluation split)")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument(

@@ -134,7 +134,15 @@ def cmd_fit(args: argparse.Namespace) -> None:
         print(f"  zero-shot: acc {zero['cls/acc']:.4f}, ECE {zero['cal/ece']:.4f}, NLL {zero['cls/nll']:.4f}")
     if report.get("warning"):
         print(f"warning: {report['warning']}")
-    print(f"run folder: {result.out} (report.md, report.json, adapter/, head.safetensors, train_log.jsonl)")
+    for name, entry in report.get("tasks", {}).items():  # a multi-task run: its metrics above are the means
+        m = entry["metrics"]
+        print(f"  {name}: acc {m['cls/acc']:.4f}, ECE {m['cal/ece']:.4f}, NLL {m['cls/nll']:.4f} ({entry['folder']})")
+        if entry.get("warning"):
+            print(f"  warning, {name}: {entry['warning']}")
+    if report.get("tasks"):
+        print(f"run folder: {result.out} (report.md, report.json, train_log.jsonl, tasks/<task>/: one run per task)")
+    else:
+        print(f"run folder: {result.out} (report.md, report.json, adapter/, head.safetensors, train_log.jsonl)")
 
 
 def _flag_of(exc, overrides: dict) -> str:

@@ -14,8 +14,9 @@ from .commands import cmd_fit
 
 
 def flag_options(hint: Any) -> dict[str, Any]:
-    """argparse options for a field annotated ``hint``: a boolean is ``--x/--no-x``, a list takes one or more values,
-    a ``Literal`` offers its choices, ``X | None`` parses as X (None stays "not given")."""
+    """argparse options for a field annotated ``hint``: a boolean is ``--x/--no-x``, a list takes one or more values
+    (a repeated flag adds to them), a ``Literal`` offers its choices, ``X | None`` parses as X (None stays "not
+    given")."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         lists = [a for a in args if typing.get_origin(a) is list]
@@ -24,8 +25,8 @@ def flag_options(hint: Any) -> dict[str, Any]:
     origin = typing.get_origin(hint)
     if hint is bool:
         return {"action": argparse.BooleanOptionalAction}
-    if origin is list:
-        return {"nargs": "+", **flag_options(args[0])}
+    if origin is list:  # given twice, the values add up: --task sst2 --task boolq
+        return {"nargs": "+", "action": "extend", **flag_options(args[0])}
     if origin is typing.Literal:
         return {"type": type(args[0]), "choices": list(args)}
     return {"type": hint}

@@ -12,7 +12,7 @@ from ..config import FitConfig
 from ..data import TaskSpec, get_task, label_token_ids
 from ..errors import PolarVBLLError
 from ..models import Backbone, load_backbone
-from ..uq import UQ_METHODS
+from ..uq import UQ_METHODS, UQHead
 from .prepare import TrainingInputs
 
 
@@ -29,13 +29,9 @@ def build_components(
     backbone = backbone or load_backbone(config.model)
     backbone.set_precision(config.precision)
     # a new fit has refused an ambiguous task name already (_check_inputs); a saved one meant the bundled task
-    task = get_task(config.task, config.template, registered_first=True)
-    label_ids = label_token_ids(backbone.tokenizer, task.label_words(), task.name)
-    init_weight = backbone.lm_head.weight.detach()[label_ids].clone().float()
-    if n_train is None:
-        n_train = len(training_items(task, config)[0])
+    task = get_task(config.single_task, config.template, registered_first=True)
+    head = build_head(config, backbone, task, n_train)
     method = UQ_METHODS.get(config.uq.method)
-    head = method.build(init_weight, n_train, config.uq, config)
     adapter = config.adapter
     layer = ADAPTERS.get(adapter.method).layer
     data = {}
@@ -49,6 +45,17 @@ def build_components(
         backbone.set_base_dtype(stored_as)
     head.attach(backbone)
     return backbone, task, head
+
+
+def build_head(config: FitConfig, backbone: Backbone, task: TaskSpec, n_train: int | None = None) -> UQHead:
+    """The head of ``config``'s uncertainty method for ``task``, its rows started at the LM head's rows of the task's
+    label tokens, its prior scaled to ``n_train`` training examples (default: the task's, as ``config`` splits
+    them); not yet attached to the backbone."""
+    label_ids = label_token_ids(backbone.tokenizer, task.label_words(), task.name)
+    init_weight = backbone.lm_head.weight.detach()[label_ids].clone().float()
+    if n_train is None:
+        n_train = len(training_items(task, config)[0])
+    return UQ_METHODS.get(config.uq.method).build(init_weight, n_train, config.uq, config)
 
 
 def base_dtype(config: FitConfig, backbone: Backbone) -> Literal["fp32", "bf16"] | None:

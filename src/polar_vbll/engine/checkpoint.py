@@ -84,39 +84,25 @@ def resumed_config(out: Path, changes: dict) -> FitConfig:
     return config
 
 
-def save_checkpoint(
-    folder: Path, step: int, backbone, head, optimizers, correct: int, seen: int, step_features=None
-) -> None:
-    """Write the resumable state; ``step_features``: the exact head phase's :class:`StepFeatures`, if it keeps
-    any."""
+def save_checkpoint(folder: Path, step: int, backbone, head, optimizers, progress: dict) -> None:
+    """Write the resumable state; ``progress``: the running accuracies and the exact head phase's step features
+    (:meth:`~polar_vbll.engine.multitask.TaskLanes.state_dict`)."""
     with atomic_directory(folder) as tmp:
         save_file(adapter_state_dict(backbone.model), str(tmp / "adapter.safetensors"))
         save_head(head, tmp / "head.safetensors")
-        save_state(
-            {
-                "step": step,
-                "correct": correct,
-                "seen": seen,
-                "optimizers": [o.state_dict() for o in optimizers],
-                "rng": torch.get_rng_state(),
-                "step_features": step_features.state_dict() if step_features is not None else {},
-            },
-            tmp,
-            "state",
-        )
+        state = {"step": step, **progress, "optimizers": [o.state_dict() for o in optimizers]}
+        save_state({**state, "rng": torch.get_rng_state()}, tmp, "state")
 
 
-def load_checkpoint(folder: Path, backbone, head, optimizers, step_features=None) -> tuple[int, int, int]:
-    """Restore the state :func:`save_checkpoint` wrote; returns (step, correct, seen)."""
+def load_checkpoint(folder: Path, backbone, head, optimizers) -> tuple[int, dict]:
+    """Restore the weights, optimizers and RNG :func:`save_checkpoint` wrote; returns (step, the whole state)."""
     load_adapter_state(backbone.model, load_tensors(folder / "adapter.safetensors", "checkpoint adapter"), str(folder))
     load_head(head, folder / "head.safetensors")
     state = load_state(folder, "state")
     for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
         optimizer.load_state_dict(saved)
     torch.set_rng_state(state["rng"])
-    if step_features is not None:
-        step_features.load_state_dict(state.get("step_features", {}))
-    return int(state["step"]), int(state["correct"]), int(state["seen"])
+    return int(state["step"]), state
 
 
 def truncate_log(path: Path, step: int) -> None:

@@ -1,4 +1,5 @@
-"""``fit``: fine-tune an adapter and an uncertainty head on a task, alternating between them, resumably.
+"""``fit``: fine-tune an adapter and an uncertainty head on a task (or one adapter and a head per task on several,
+:mod:`~polar_vbll.engine.multitask`), alternating between them, resumably.
 
 Run folder (``out``):
     config.json                 the FitConfig
@@ -6,7 +7,8 @@ Run folder (``out``):
     checkpoint/                 latest resumable state (adapter, head, optimizers, step, RNG), written atomically
     adapter/                    final adapter (adapter_config.json + adapter_model.safetensors)
     head.safetensors            final head
-    report.json, report.md      metrics on the evaluation split
+    report.json, report.md      metrics on the evaluation split (several tasks: each task's and their mean)
+    tasks/<task>/               several tasks: each a complete single-task run folder (config, adapter, head, report)
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from ..optim import build_optimizer
 from ..outputs import OutputKind, claim, prepare_output
 from ..posthoc import check_post_hoc
 from ..stored import read_json
-from .build import base_dtype, build_components, training_items
+from .build import base_dtype, build_components
 from .checkpoint import (
     FitInterrupted,
     interrupted_message,
@@ -46,11 +48,11 @@ from .checkpoint import (
     save_checkpoint,
     truncate_log,
 )
-from .finish import finish_run
-from .head_phase import StepFeatures, head_phase
+from .finish import finish_tasks
+from .multitask import TaskLanes
 from .result import FitResult
 from .schedule import batch_indices, phase_of, warmup_linear
-from .zero_shot import ZERO_SHOT_FILE, zero_shot_metrics
+from .zero_shot import ZERO_SHOT_FILE
 
 StepCallback = Callable[[int, dict], None]
 
@@ -87,10 +89,11 @@ def fit(
         config = config or FitConfig.from_dict(overrides)
         _check_inputs(config)  # before --overwrite removes anything
         prepare_output(out, OutputKind.RUN, overwrite=overwrite)
-    backbone, task, head = build_components(config, backbone)
+    backbone, task, head = build_components(config.for_task(config.task_names[0]), backbone)
     if config.precision != backbone.precision or config.base_dtype is None:  # the run records what it computes in
         config = replace(config, precision=resolved_name(backbone.precision), base_dtype=base_dtype(config, backbone))
-    items, held_out = training_items(task, config)
+    lanes = TaskLanes(config, backbone, task, head)
+    heads = lanes.heads()
     adapter_params = adapter_parameters(backbone.model)
     tuner = model_tuner(backbone.model)
     weight_decay = head.adapter_weight_decay if config.weight_decay is None else config.weight_decay
@@ -102,24 +105,24 @@ def fit(
         weight_decay=weight_decay,
         landing_lambda=config.landing_lambda,
     )
-    head_opt = torch.optim.Adam(head.parameters(), lr=config.lr_head)
+    head_opt = torch.optim.Adam(heads.parameters(), lr=config.lr_head)  # a step's grads reach its task's head only
     schedule = warmup_linear(config.steps, config.warmup_ratio, config.lr_restarts)
     optimizers = [adapter_opt, head_opt]
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
     solve_every = head.solve_every  # an exact head phase replaces the stochastic head steps
-    recent = StepFeatures(head.solve_buffer) if solve_every and head.solve_on_step_features else None
-    start_step, correct, seen = 0, 0, 0
+    start_step = 0
     if resume:
-        start_step, correct, seen = load_checkpoint(out / "checkpoint", backbone, head, optimizers, recent)
+        start_step, state = load_checkpoint(out / "checkpoint", backbone, heads, optimizers)
+        lanes.load_state_dict(state)
         truncate_log(out / "train_log.jsonl", start_step)
     else:
         claim(out, "config.json", "train_log.jsonl", "checkpoint", ZERO_SHOT_FILE)
         atomic_write_json(out / "config.json", config.to_dict())
         (out / "train_log.jsonl").write_text("", encoding="utf-8")
         if config.zero_shot:  # before the first step every adapter is the identity: this is the zero-shot model
-            atomic_write_json(out / ZERO_SHOT_FILE, zero_shot_metrics(backbone, task, config))
+            atomic_write_json(out / ZERO_SHOT_FILE, lanes.zero_shot(backbone))
     zero_shot = read_json(out / ZERO_SHOT_FILE, "zero-shot metrics") if (out / ZERO_SHOT_FILE).is_file() else None
     checkpoint_step = start_step if resume else None
     bar = tqdm(
@@ -131,14 +134,16 @@ def fit(
         for step in bar:
             solved = {}
             if solve_every and step % solve_every == 0:
-                solved = head_phase(backbone, head, task, items, config, step, recent)
+                solved = lanes.solve(backbone, step)
+            lane, local_step = lanes.at(step, config.steps)
             backbone.train()
-            head.train()
-            idx = batch_indices(step, config.batch_size, len(items), config.seed)
-            chosen = [items[i] for i in idx]
-            _, batch = next(
-                encoded_batches(backbone.tokenizer, task, chosen, config.max_length, len(idx), sort_by_length=False)
+            heads.train()
+            idx = batch_indices(local_step, config.batch_size, len(lane.items), config.seed)
+            chosen = [lane.items[i] for i in idx]
+            encoded = encoded_batches(
+                backbone.tokenizer, lane.task, chosen, config.max_length, len(idx), sort_by_length=False
             )
+            _, batch = next(encoded)
             phase = "adapter" if solve_every else phase_of(step, config)
             if tuner is not None:
                 tuner.on_step(step, adapter_opt)
@@ -147,30 +152,39 @@ def fit(
             for optimizer in optimizers:
                 for group in optimizer.param_groups:
                     group["lr"] = group["initial_lr"] * factor
-            loss, terms, point, features = head.training_loss(backbone, batch, train_backbone=phase != "head")
+            loss, terms, point, features = lane.head.training_loss(backbone, batch, train_backbone=phase != "head")
             auxiliary = adapter_auxiliary_loss(backbone.model) if phase != "head" else None
             if auxiliary is not None:  # e.g. iLoRA's load balancing
                 loss = loss + auxiliary
                 terms = {**terms, "adapter_aux": auxiliary.item()}
-            if recent is not None and features is not None:
-                recent.add(features, batch["labels"], batch["choice_mask"])
+            if lane.retain is not None and features is not None:  # EMTAL's quality retaining (earlier teachers)
+                retained = lane.retain.loss(
+                    idx, lane.head.point_logits(features, batch["choice_mask"]), batch["choice_mask"]
+                )
+                lane.retain.update(idx, point, batch["labels"], batch["choice_mask"])
+                if retained is not None:
+                    loss = loss + retained
+                    terms = {**terms, "quality_retaining": retained.item()}
+            if lane.recent is not None and features is not None:
+                lane.recent.add(features.detach(), batch["labels"], batch["choice_mask"])
             adapter_opt.zero_grad(set_to_none=True)
             head_opt.zero_grad(set_to_none=True)
             loss.backward()
             if phase in ("head", "joint"):
-                _clip(head.parameters(), config.grad_clip)
+                _clip(lane.head.parameters(), config.grad_clip)
                 head_opt.step()
             if phase in ("adapter", "joint"):
                 _clip(adapter_params, config.grad_clip)
                 adapter_opt.step()
             hits = int((point.argmax(-1) == batch["labels"]).sum())
-            correct, seen = correct + hits, seen + len(idx)
+            lane.correct, lane.seen = lane.correct + hits, lane.seen + len(idx)
             logs = {
                 "step": step + 1,
+                **({"task": lane.name} if lanes.multi else {}),
                 "phase": phase,
                 "loss": loss.item(),
                 **terms,
-                "acc_running": correct / seen,
+                "acc_running": lane.correct / lane.seen,
                 "lr_adapter": config.lr_adapter * factor,
                 "lr_head": config.lr_head * factor,
                 **solved,
@@ -181,12 +195,13 @@ def fit(
                 handle.write(json.dumps(logs) + "\n")
             bar.set_postfix(
                 loss=f"{loss.item():.3f}",
-                acc=f"{correct / seen:.3f}",
+                **({"task": lane.name} if lanes.multi else {}),
+                acc=f"{lane.correct / lane.seen:.3f}",
                 phase=phase,
                 **{key: f"{value:.3g}" for key, value in terms.items()},
             )
             if (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0) or step + 1 == config.steps:
-                save_checkpoint(out / "checkpoint", step + 1, backbone, head, optimizers, correct, seen, recent)
+                save_checkpoint(out / "checkpoint", step + 1, backbone, heads, optimizers, lanes.state_dict())
                 checkpoint_step = step + 1
             for callback in callbacks:
                 callback(step + 1, logs)
@@ -195,22 +210,15 @@ def fit(
         raise FitInterrupted(interrupted_message(out, step, checkpoint_step, config)) from None
     bar.close()
     try:
-        extra = {}
-        if solve_every:  # the head solved on the final adapter's features (fresh ones)
-            extra["head_phase"] = head_phase(backbone, head, task, items, config, config.steps)
-        return finish_run(
+        return finish_tasks(
             config,
             backbone,
-            head,
-            task,
-            items,
-            held_out,
+            lanes,
             out,
             train_s=time.perf_counter() - train_start,
             start_step=start_step,
             command=command,
             progress=progress,
-            extra=extra,
             zero_shot=zero_shot,
         )
     except KeyboardInterrupt:
@@ -218,13 +226,14 @@ def fit(
 
 
 def _check_inputs(config: FitConfig) -> None:
-    """The model and task exist, and the report will not score the training examples unless asked to (a folder
+    """The model and tasks exist, and the report will not score training examples unless asked to (a folder
     holding only ``train.jsonl``)."""
     check_post_hoc(config.post_hoc or [])
     resolve_model(config.model)
-    task = get_task(config.task, config.template)
-    if config.eval_split is None and task.eval_split == "train":
-        raise PolarVBLLError(
-            f"task '{config.task}': only a train split, so the report would score the training examples; add a "
-            "validation.jsonl (or test.jsonl) beside it, or pass --eval-split train to do so knowingly"
-        )
+    for name in config.task_names:
+        task = get_task(name, config.template)
+        if config.eval_split is None and task.eval_split == "train":
+            raise PolarVBLLError(
+                f"task '{name}': only a train split, so the report would score the training examples; add a "
+                "validation.jsonl (or test.jsonl) beside it, or pass --eval-split train to do so knowingly"
+            )

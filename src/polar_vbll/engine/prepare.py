@@ -25,7 +25,7 @@ class TrainingInputs:
 
     def _task(self, task: str | None):
         # another task than the run's own is read with its own template
-        return get_task(task or self.config.task, None if task else self.config.template, registered_first=True)
+        return get_task(task or self.config.single_task, None if task else self.config.template, registered_first=True)
 
     def describe(self, task: str | None, n: int) -> dict:
         spec = self._task(task)

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..adapters import load_adapter_state
 from ..atomic import atomic_write_json
 from ..config import FitConfig
+from ..data import get_task
 from ..errors import PolarVBLLError
 from ..models import load_backbone
 from ..models.precision import resolved_name
@@ -16,7 +17,7 @@ from ..outputs import OutputKind, claim, prepare_output
 from ..posthoc import ordered_steps
 from ..stored import load_tensors, read_json, tensor_metadata
 from ..uq import UQ_METHODS
-from .build import base_dtype, build_components, training_items
+from .build import base_dtype, build_components, build_head, training_items
 from .checkpoint import load_head
 from .finish import finish_run
 from .predictions import Predictions, predict_with
@@ -36,20 +37,45 @@ def read_run(run_dir: Path) -> tuple[FitConfig, dict]:
     return config, report
 
 
-def load_run(run_dir: str | Path, config: FitConfig | None = None, precision: str | None = None) -> FitResult:
+def load_run(
+    run_dir: str | Path, config: FitConfig | None = None, precision: str | None = None, task: str | None = None
+) -> FitResult:
     """Backbone with the trained adapter, the trained head and the task of a run folder (written by ``fit``).
 
     ``config``: build the head of this config instead of the run's (``refine``: a posterior still to be fitted);
     ``precision``: compute in ``fp32``, ``bf16`` or ``auto`` instead of the precision the run trained in.
+    A multi-task run: ``task`` loads that task's run (``run_dir/tasks/<task>``); without it, every task's head over
+    one backbone (``FitResult.tasks``; ``predict(..., task=...)`` picks the head).
     """
     run_dir = Path(run_dir)
     saved, report = read_run(run_dir)
+    if len(saved.task_names) > 1:
+        if config is not None:
+            raise PolarVBLLError(f"{run_dir}: a multi-task run; refine one task's folder ({run_dir / 'tasks'}/<task>)")
+        if task is not None:
+            return load_run(task_folder(run_dir, saved, report, task), precision=precision)
+        folders = [task_folder(run_dir, saved, report, name) for name in saved.task_names]
+        first = load_run(folders[0], precision=precision)
+        tasks = {first.task.name: first}
+        for folder in folders[1:]:
+            own, own_report = read_run(folder)
+            own = with_precision(own, precision) if precision is not None else own
+            spec = get_task(own.single_task, own.template, registered_first=True)
+            head = build_head(own, first.backbone, spec)
+            head.attach(first.backbone)
+            load_head(head, folder / "head.safetensors")
+            head.eval()
+            tasks[spec.name] = FitResult(folder, own_report, own, first.backbone, head, spec)
+        config = with_precision(saved, precision) if precision is not None else saved
+        return FitResult(run_dir, report, config, first.backbone, first.head, first.task, tasks=tasks)
+    if task is not None and task not in (saved.task, get_task(saved.single_task, None, registered_first=True).name):
+        raise PolarVBLLError(f"{run_dir}: a run of task {saved.task!r}, not of {task!r}")
     if precision is not None:
         config = with_precision(config or saved, precision)
     adapter_file = run_dir / "adapter" / "adapter_model.safetensors"
     tensor_metadata(adapter_file, "adapter weights")  # a missing or truncated file fails before the model loads
     tensor_metadata(run_dir / "head.safetensors", "head")
-    backbone, task, head = build_components(config or saved, load_backbone(saved.model), restore=True)
+    backbone, spec, head = build_components(config or saved, load_backbone(saved.model), restore=True)
     load_adapter_state(backbone.model, load_tensors(adapter_file, "adapter weights"), str(adapter_file))
     stored_as = base_dtype(config or saved, backbone)
     if stored_as is not None:  # as fit stored it, after the adapter rewrote it
@@ -57,7 +83,22 @@ def load_run(run_dir: str | Path, config: FitConfig | None = None, precision: st
     load_head(head, run_dir / "head.safetensors", refit=config is not None)
     backbone.eval()
     head.eval()
-    return FitResult(run_dir, report, config or saved, backbone, head, task)
+    return FitResult(run_dir, report, config or saved, backbone, head, spec)
+
+
+def task_folder(run_dir: Path, config: FitConfig, report: dict, task: str | None) -> Path:
+    """The run folder of ``task`` (a name from ``config.task`` or the task's own name) in a multi-task run."""
+    names = list(report.get("tasks") or {})
+    if len(names) != len(config.task_names):
+        raise PolarVBLLError(f"{run_dir / 'report.json'}: not a finished multi-task run (no tasks section)")
+    chosen = {**dict(zip(names, names)), **dict(zip(config.task_names, names))}.get(task or "")
+    if chosen is None:
+        given = "no task given" if task is None else f"no task {task!r}"
+        raise PolarVBLLError(f"{run_dir}: a multi-task run of {', '.join(names)}; {given} (name one with --task)")
+    folder = run_dir / report["tasks"][chosen]["folder"]
+    if not folder.is_dir():
+        raise PolarVBLLError(f"{folder}: task folder missing from the multi-task run {run_dir}")
+    return folder
 
 
 def with_precision(config: FitConfig, precision: str) -> FitConfig:
@@ -156,6 +197,10 @@ def refine(
     """
     run_dir, out = Path(run_dir), Path(out)
     saved, source_report = read_run(run_dir)
+    if len(saved.task_names) > 1:
+        raise PolarVBLLError(
+            f"refine: {run_dir} is a multi-task run; refine one task's run folder, {run_dir / 'tasks'}/<task>"
+        )
     config = refined_config(saved, temperature_scaling, laplace, tfb, **options)
     if precision is not None:
         config = with_precision(config, precision)

@@ -12,7 +12,7 @@ from ..outputs import OutputKind, prepare_output
 from ..report import plots
 from ..report.schema import Report
 from .inference import calibration_plots, evaluate_components
-from .runs import load_run
+from .runs import load_run, read_run, task_folder
 
 RUN_EVALUATION = ("zero_shot", "warning")
 
@@ -30,7 +30,8 @@ def evaluate_run(
 ) -> dict:
     """Metrics of a trained run on ``task`` (default: its own), and OOD detection against each task in ``ood``.
 
-    Tasks must answer with the run's label words; for lettered tasks with more choices than the run has classes
+    A multi-task run evaluates the run of its task ``task`` (``run_dir/tasks/<task>``) on that task. Tasks must
+    answer with the run's label words; for lettered tasks with more choices than the run has classes
     (ARC has 3-5 under an OBQA-trained 4-class head), the items with too many choices are dropped and counted.
     ``precision``: compute in ``fp32``, ``bf16`` or ``auto`` (default: the precision the run trained in).
     """
@@ -38,6 +39,9 @@ def evaluate_run(
         raise PolarVBLLError(f"limit: must be >= 1 (leave it unset for all), got {limit}")
     if out is not None:
         prepare_output(out, OutputKind.EVALUATION)
+    saved, recorded_report = read_run(Path(run_dir))
+    if len(saved.task_names) > 1:  # a multi-task run: the run of the task named
+        run_dir, task = task_folder(Path(run_dir), saved, recorded_report, task), None
     run = load_run(run_dir, precision=precision)
     config = run.config
     target = get_task(task, config.template) if task else run.task

@@ -66,15 +66,41 @@ def _ood_lines(report: dict) -> list[str]:
     return lines
 
 
+def _tasks_lines(report: dict) -> list[str]:
+    """A multi-task run's per-task table (its metrics above are their unweighted means)."""
+    if not report.get("tasks"):
+        return []
+    keys = ("cls/acc", "cal/ece", "cls/nll")
+    lines = [
+        "",
+        "## Tasks",
+        "",
+        "| task | split | n | steps | " + " | ".join(f"`{k}`" for k in keys) + " | zero-shot `cls/acc` | run folder |",
+        "|---|---|---|---|" + "---|" * len(keys) + "---|---|",
+    ]
+    for name, entry in report["tasks"].items():
+        zero = entry.get("zero_shot", {}).get("cls/acc")
+        lines.append(
+            f"| {name} | {entry['split']} | {entry['n']} | {entry['steps']} | "
+            + " | ".join(f"{entry['metrics'][k]:.4f}" for k in keys)
+            + f" | {'' if zero is None else f'{zero:.4f}'} | `{entry['folder']}` |"
+        )
+    warnings = [f"- **{name}: {entry['warning']}**" for name, entry in report["tasks"].items() if entry.get("warning")]
+    return lines + ([""] + warnings if warnings else [])
+
+
 def render_markdown(report: dict, images: dict[str, bytes] | None = None) -> str:
     model = report["model"]
+    labels = f", labels {', '.join(repr(w) for w in report['label_words'])}" if report["label_words"] else ""
     lines = [
         f"# {report['task']} / {report['split']} — {model['name']}",
         "",
         f"- examples: {report['n']}",
-        f"- prompt: `{report['prompt_version']}`, labels {', '.join(repr(w) for w in report['label_words'])}",
+        f"- prompt: `{report['prompt_version']}`{labels}",
         f"- model: {model['name']} ({model['parameters']:,} parameters, {model['dtype']}, from {model['source']})",
     ]
+    if report.get("tasks"):
+        lines.append(f"- metrics: the unweighted mean over the {len(report['tasks'])} tasks of the table below")
     if report.get("method"):
         lines.append("- method: " + ", ".join(f"{k} {v}" for k, v in report["method"].items()))
     if report.get("trained_on"):
@@ -95,6 +121,7 @@ def render_markdown(report: dict, images: dict[str, bytes] | None = None) -> str
     else:
         lines += ["", "| metric | value |", "|---|---|"]
         lines += [f"| `{key}` {METRIC_NAMES.get(key, '')} | {value:.4f} |" for key, value in report["metrics"].items()]
+    lines += _tasks_lines(report)
     lines += _ood_lines(report)
     if images:
         lines += ["", "## Plots", ""] + [f"![{PLOT_TITLES.get(n, n)}]({n}.png)" for n in images]

@@ -32,8 +32,9 @@ class TrainingStep(NamedTuple):
     terms: dict[str, float]
     #: point logits (B, C), for the running accuracy
     point: torch.Tensor
-    #: the batch's features (B, d), detached, fp32, for an exact head phase that reuses them; None where the batch
-    #: has no single feature set (an ensemble's members each have theirs)
+    #: the batch's features (B, d) in fp32, in the graph of ``loss`` (a regulariser on the logits, quality
+    #: retaining, trains through them; an exact head phase keeps them detached); None where the batch has no single
+    #: feature set (an ensemble's members each have theirs)
     features: torch.Tensor | None
 
 
@@ -109,7 +110,7 @@ class UQHead(nn.Module, abc.ABC):
         loss, terms = self.loss(features, batch["labels"], batch["choice_mask"])
         with torch.no_grad():
             point = self.point_logits(features.detach(), batch["choice_mask"])
-        return TrainingStep(loss, terms, point, features.detach().float())
+        return TrainingStep(loss, terms, point, features.float())
 
     @torch.no_grad()
     def predict_batch(
@@ -189,6 +190,9 @@ class UQMethod:
     #: post-hoc steps that are part of the method (:mod:`polar_vbll.posthoc`): ``--uq temperature`` is MAP then
     #: ``temperature``, ``--uq laplace`` is MAP then ``laplace_lora``
     post_hoc: tuple[str, ...] = ()
+    #: whether its head reads the features alone (no adapter sampling, members or posterior), so that a multi-task
+    #: fit can give each task its own head over the one shared adapter
+    multi_task: bool = False
     #: the adapter input dropout the method implies when the adapter's is not given (MC dropout: 0.1); a method
     #: with one > 0 refuses an adapter whose dropout is 0
     adapter_dropout: float = 0.0

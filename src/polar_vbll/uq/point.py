@@ -57,6 +57,7 @@ UQ_METHODS.register(
         "maximum likelihood: cross-entropy, no weight decay",
         lambda init_weight, n_train, options, fit: PointHead(init_weight, 0.0),
         MleConfig,
+        multi_task=True,
     ),
 )
 UQ_METHODS.register(
@@ -65,6 +66,7 @@ UQ_METHODS.register(
         "MAP: cross-entropy with weight decay 1e-5 on the adapter",
         lambda init_weight, n_train, options, fit: PointHead(init_weight, 1e-5),
         MapConfig,
+        multi_task=True,
         refinements={"laplace": {"uq": "laplace"}, "temperature": {"uq": "temperature"}, "tfb": {"uq": "tfb"}},
     ),
 )

@@ -60,6 +60,7 @@ UQ_METHODS.register(
         "MAP, then one temperature fitted on held-out training examples (LBFGS on logits)",
         lambda init_weight, n_train, options, fit: PointHead(init_weight, 1e-5),
         TemperatureConfig,
+        multi_task=True,
         post_hoc=("temperature",),
     ),
 )

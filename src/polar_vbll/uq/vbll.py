@@ -283,6 +283,7 @@ UQ_METHODS.register(
         lambda init_weight, n_train, options, fit: VBLLHead(init_weight, n_train, options),
         VBLLConfig,
         alternates=True,
+        multi_task=True,
         supports=("temperature", "last_layer_laplace"),
         refinements={"laplace": {"post_hoc": "last_layer_laplace"}},
     ),

@@ -74,6 +74,9 @@ def test_every_fit_option_has_a_working_flag():
     shared_by_adapters = {name for name in adapter_fields if adapter_fields.count(name) > 1}
     assert {"r", "alpha", "target_modules", "dropout", "experts"} <= shared_by_adapters
     for registry, shared in ((ADAPTERS, shared_by_adapters), (UQ_METHODS, set())):
+        section = "adapter" if registry is ADAPTERS else "uq"
+        listed = FitConfig.help()[section].split("(")[1].split(")")[0].split(", ")
+        assert sorted(listed) == sorted(registry), section  # the help names every registered method
         for method in registry:
             for f in fields(registry.get(method).config):
                 if f.name in top_level:

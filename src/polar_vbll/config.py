@@ -48,10 +48,12 @@ class FitConfig:
     )
     template: str | None = _help("prompt template (default: the task's)", None)
     adapter: MethodConfig = _help(
-        "adapter method (polar, lora, dora, pissa, corda, s2ft, lisa) and its options", default_factory=PolarConfig
+        "adapter method (polar, lora, dora, pissa, corda, s2ft, lisa, ilora, emtal) and its options",
+        default_factory=PolarConfig,
     )
     uq: MethodConfig = _help(
-        "uncertainty method (vbll, map, mle, mc_dropout, ensemble, laplace, blob, temperature) and its options",
+        "uncertainty method (vbll, map, mle, mc_dropout, ensemble, laplace, blob, scalabl, tfb, temperature) and its "
+        "options",
         default_factory=VBLLConfig,
     )
     post_hoc: list[str] | None = _help(

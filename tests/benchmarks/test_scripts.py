@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 calibration = pytest.importorskip("calibration")
 gpu_throughput = pytest.importorskip("gpu_throughput")
 ood = pytest.importorskip("ood")
+multitask = pytest.importorskip("multitask")
 vbll_variance = pytest.importorskip("vbll_variance")
 
 
@@ -136,3 +137,29 @@ def test_vbll_variance_parts_of_an_untrained_head_and_of_one_at_the_prior():
     at_prior = vbll_variance.variance_parts(VBLLHead(weight, 10, VBLLConfig(cov_init="prior")), features)
     assert at_prior["weight_var"] == pytest.approx(at_prior["weight_var_at_prior"], rel=0.01)
     assert at_prior["feature_sq_norm"] == pytest.approx(features.pow(2).sum(-1).median().item())
+
+
+def _multitask_row(nll: float, train_s: float, eval_s: float, tasks=("sst2", "boolq", "obqa")) -> dict:
+    metrics = {"cls/acc": 0.5, "cal/ece": 0.1, "cls/nll": nll, "unc/epistemic_mean": 0.0}
+    zero = {"cls/acc": 0.4, "cal/ece": 0.2, "cls/nll": 0.9}
+    cells = {t: {"metrics": metrics, "zero_shot": zero, "n": 10, "eval_s": eval_s} for t in tasks}
+    return {"tasks": cells, "train_s": train_s, "steps": 10 * len(tasks), "trainable": 1000}
+
+
+def test_multitask_table_ratios_are_per_step_and_per_example_against_multi_task_lora():
+    cells = {f"MAP|lora-{t}": _multitask_row(0.6, 10.0, 1.0, (t,)) for t in multitask.TASKS}
+    cells |= {"MAP|lora": _multitask_row(0.5, 30.0, 2.0), "MAP|emtal": _multitask_row(0.4, 45.0, 2.2)}
+    merged = {"median_s": {"emtal": 1.01, "lora": 1.0}, "ratio": 1.01, "max_abs_difference": 1e-6}
+    cells["merge"] = {
+        **merged,
+        "parameters": {"emtal": 5, "lora": 5},
+        "base_parameters": 5,
+        "prompts": 64,
+        "repeats": 5,
+    }
+    data = {"steps_per_task": 10, "batch_size": 8, "eval_limit": 10, "precision": "bf16", "cells": cells}
+    text = "\n".join(multitask.markdown(data))
+    assert "| EMTAL, multi-task | 1,000 | " in text and "| 0.400 | 1.50 | 1.10 |" in text  # 45/30 s, 2.2/2.0 s
+    assert "| LoRA, one run per task | 1,000 each | " in text and "| 0.600 | | |" in text
+    assert "Zero-shot: sst2 0.400 / 0.200 / 0.900" in text and "**EMTAL ÷ LoRA 1.010**" in text
+    assert "VBLL head" not in text  # a head with no row yet has no table

@@ -154,6 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TASK",
         help="with RUN_DIR: an out-of-distribution task to detect against the ID split (repeatable)",
     )
+    p.add_argument(
+        "--attack",
+        choices=["pgd", "fgsm"],
+        help="with RUN_DIR: score the examples again under an attack on the input embeddings (robust accuracy, ECE, "
+        "NLL)",
+    )
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        default=0.05,
+        help="attack radius, relative to each token's embedding norm (default %(default)s)",
+    )
+    p.add_argument("--attack-steps", type=positive_int, default=5, help="PGD steps (default %(default)s; FGSM: 1)")
     add_precision_flag(p, "compute precision (default: a run's own; fp32 zero-shot)")
     p.add_argument("--out", help="folder for report.json and report.md")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

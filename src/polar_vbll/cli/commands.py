@@ -163,8 +163,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     if args.ood and not args.run_dir:
         raise PolarVBLLError("--ood needs a RUN_DIR: OOD detection evaluates a trained run")
+    if args.attack and not args.run_dir:
+        raise PolarVBLLError("--attack needs a RUN_DIR: the attack follows a trained run's gradients")
     if args.run_dir:
         from ..engine import evaluate_run
+        from ..engine.attack import EmbeddingAttack
+
+        attack = EmbeddingAttack(args.attack, args.epsilon, args.attack_steps) if args.attack else None
 
         report = evaluate_run(
             args.run_dir,
@@ -176,7 +181,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             progress=not args.quiet,
             command=shlex.join(["polar-vbll", *args.argv]),
             precision=args.precision,
+            attack=attack,
         )
+        if "attack" in report:
+            m, a = report["attack"]["metrics"], report["attack"]
+            print(
+                f"  under {a['method']} (ε {a['epsilon']}, {a['steps']} steps): acc {m['cls/acc']:.4f}, "
+                f"ECE {m['cal/ece']:.4f}, NLL {m['cls/nll']:.4f}"
+            )
         for name, entry in report.get("ood", {}).items():
             best = entry["best_criterion"]
             print(

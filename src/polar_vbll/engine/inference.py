@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from ..metrics import classification_metrics, criterion_scores, selective_metric
 from ..models import Backbone
 from ..uq import UQHead, uncertainty_decomposition
 from ..uq.point import PointHead
+from .attack import EmbeddingAttack
 
 
 def zero_shot_head(backbone: Backbone, task: TaskSpec) -> PointHead:
@@ -36,10 +38,12 @@ def predict(
     return_logits: bool = False,
     padding_side: str = "right",
     desc: str = "evaluating",
+    attack: EmbeddingAttack | None = None,
 ) -> dict:
     """Probabilities (N, C), per-example total / aleatoric / epistemic uncertainty and the ID score of every OOD
     criterion the head supports (``scores``), in data order; with ``return_logits`` the logit samples (N, S, C);
-    ``prompts``: how many prompts lost their start to ``max_length`` and their mean length in tokens."""
+    ``prompts``: how many prompts lost their start to ``max_length`` and their mean length in tokens. ``attack``:
+    each batch's prompts attacked first (:mod:`~polar_vbll.engine.attack`)."""
     backbone.eval()
     head.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -52,7 +56,8 @@ def predict(
     scores: dict[str, np.ndarray] = {}
     bar = tqdm(total=len(items), desc=desc, unit="ex", disable=not progress)
     for idx, batch in batches:
-        probs, logits = head.predict_batch(backbone, batch, n_samples, generator)
+        with attack.applied(backbone, head, batch) if attack is not None else nullcontext():
+            probs, logits = head.predict_batch(backbone, batch, n_samples, generator)
         out["probs"][idx] = probs.double().numpy()
         if return_logits:
             out.setdefault("logits", np.zeros((len(items), *logits.shape[1:])))[idx] = logits.double().numpy()
@@ -76,13 +81,24 @@ def evaluate_components(
     limit: int | None = None,
     progress: bool = False,
     items=None,
+    attack: EmbeddingAttack | None = None,
 ) -> dict:
-    """Metrics (cls/, cal/, sel/, unc/), probabilities and OOD criterion scores on ``split`` (or on ``items``)."""
+    """Metrics (cls/, cal/, sel/, unc/), probabilities and OOD criterion scores on ``split`` (or on ``items``),
+    of the prompts as given or under ``attack``."""
     split = split or config.eval_split or task.eval_split
     items = task.load(split)[: limit or None] if items is None else items
     start = time.perf_counter()
     pred = predict(
-        backbone, head, task, items, config.eval_batch_size, config.max_length, config.seed, progress=progress
+        backbone,
+        head,
+        task,
+        items,
+        config.eval_batch_size,
+        config.max_length,
+        config.seed,
+        progress=progress,
+        attack=attack,
+        desc="evaluating" if attack is None else f"evaluating under {attack.method.value}",
     )
     labels = np.array([item.answer for item in items])
     metrics = classification_metrics(pred["probs"], labels)

@@ -11,6 +11,7 @@ from ..metrics import ood_metrics
 from ..outputs import OutputKind, prepare_output
 from ..report import plots
 from ..report.schema import Report
+from .attack import EmbeddingAttack
 from .inference import calibration_plots, evaluate_components
 from .runs import load_run, read_run, task_folder
 
@@ -27,6 +28,7 @@ def evaluate_run(
     progress: bool = True,
     command: str | None = None,
     precision: str | None = None,
+    attack: EmbeddingAttack | None = None,
 ) -> dict:
     """Metrics of a trained run on ``task`` (default: its own), and OOD detection against each task in ``ood``.
 
@@ -34,6 +36,8 @@ def evaluate_run(
     answer with the run's label words; for lettered tasks with more choices than the run has classes
     (ARC has 3-5 under an OBQA-trained 4-class head), the items with too many choices are dropped and counted.
     ``precision``: compute in ``fp32``, ``bf16`` or ``auto`` (default: the precision the run trained in).
+    ``attack``: score the same examples again under an adversarial attack (:mod:`~polar_vbll.engine.attack`); the
+    report's ``attack`` section holds the robust metrics beside the clean ones.
     """
     if limit is not None and limit < 1:
         raise PolarVBLLError(f"limit: must be >= 1 (leave it unset for all), got {limit}")
@@ -64,6 +68,12 @@ def evaluate_run(
         sections={**sections, "trained_on": run.task.name, "n_total": n_total},
     )
     images = calibration_plots(evaluation)
+    if attack is not None:
+        attacked = evaluate_components(
+            run.backbone, run.head, target, config, split, progress=progress, items=items, attack=attack
+        )
+        report.sections["attack"] = {**attack.describe(), "metrics": attacked["metrics"]}
+        report.timings["attack_s"] = attacked["eval_s"]
     if ood:
         detected: dict[str, dict] = {}
         ood_scores = {}

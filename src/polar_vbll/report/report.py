@@ -89,6 +89,29 @@ def _tasks_lines(report: dict) -> list[str]:
     return lines + ([""] + warnings if warnings else [])
 
 
+def _attack_lines(report: dict) -> list[str]:
+    """The metrics of the same examples clean and under the attack of the ``attack`` section."""
+    attack = report.get("attack")
+    if not attack:
+        return []
+    keys = ("cls/acc", "cal/ece", "cls/nll", "unc/total_mean", "unc/epistemic_mean")
+    return [
+        "",
+        "## Under attack",
+        "",
+        f"{attack['method'].upper()} on the input embeddings: {attack['steps']} step(s), each token within "
+        f"ε = {attack['epsilon']} of its embedding's norm.",
+        "",
+        "| metric | clean | attacked |",
+        "|---|---|---|",
+        *(
+            f"| `{key}` | {report['metrics'][key]:.4f} | {attack['metrics'][key]:.4f} |"
+            for key in keys
+            if key in attack["metrics"] and key in report["metrics"]
+        ),
+    ]
+
+
 def render_markdown(report: dict, images: dict[str, bytes] | None = None) -> str:
     model = report["model"]
     labels = f", labels {', '.join(repr(w) for w in report['label_words'])}" if report["label_words"] else ""
@@ -122,6 +145,7 @@ def render_markdown(report: dict, images: dict[str, bytes] | None = None) -> str
         lines += ["", "| metric | value |", "|---|---|"]
         lines += [f"| `{key}` {METRIC_NAMES.get(key, '')} | {value:.4f} |" for key, value in report["metrics"].items()]
     lines += _tasks_lines(report)
+    lines += _attack_lines(report)
     lines += _ood_lines(report)
     if images:
         lines += ["", "## Plots", ""] + [f"![{PLOT_TITLES.get(n, n)}]({n}.png)" for n in images]

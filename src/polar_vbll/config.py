@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from .adapters.base import ADAPTERS, check_capabilities
 from .adapters.polar import PolarConfig
-from .config_methods import line_of, method_config, post_hoc_steps
+from .config_methods import check_ranges, line_of, method_config, post_hoc_steps
 from .data.encoding import DEFAULT_MAX_LENGTH
 from .errors import PolarVBLLError
 from .fields import ConfigFieldError, MethodConfig, check_types, from_mapping
@@ -97,6 +97,15 @@ class FitConfig:
         None,
     )
     train_limit: int | None = _help("use only the first N training examples", None)
+    train_shots: int | None = _help(
+        "few-shot: train on K seeded training examples of each class (the support of an episode)", None
+    )
+    adapter_init: str | None = _help(
+        "start the adapter from this adapter folder (adapter_config.json + adapter_model.safetensors) instead of "
+        "its own initialization (its config must be the run's adapter; the report's zero-shot figures are then "
+        "the starting adapter's)",
+        None,
+    )
     eval_split: str | None = _help("split for the final report (default: the task's evaluation split)", None)
     eval_limit: int | None = _help("evaluate only the first N examples", None)
     eval_batch_size: int = _help("examples per evaluation batch", 32)
@@ -154,39 +163,7 @@ class FitConfig:
                 raise ConfigFieldError("FitConfig", "base_dtype", f"bf16 stores frozen weights; {trains}")
         if self.alternate is None:
             self.alternate = method.alternates
-        for name in ("steps", "batch_size", "max_length", "eval_batch_size", "laplace_samples", "calibration_size"):
-            if getattr(self, name) < 1:
-                raise ConfigFieldError("FitConfig", name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("train_limit", "eval_limit"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigFieldError(
-                    "FitConfig", name, f"must be >= 1 (leave it unset for all), got {getattr(self, name)}"
-                )
-        for name in ("lr_adapter", "lr_head"):
-            if not getattr(self, name) > 0:
-                raise ConfigFieldError("FitConfig", name, f"must be > 0, got {getattr(self, name)}")
-        for name in (
-            "weight_decay",
-            "grad_clip",
-            "checkpoint_every",
-            "log_every",
-            "landing_lambda",
-            "quality_retaining",
-        ):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ConfigFieldError("FitConfig", name, f"must be >= 0, got {getattr(self, name)}")
-        if self.lr_restarts != sorted(set(self.lr_restarts)) or not all(0 < s < self.steps for s in self.lr_restarts):
-            raise ConfigFieldError(
-                "FitConfig",
-                "lr_restarts",
-                f"must be increasing steps in (0, steps={self.steps}), got {self.lr_restarts}",
-            )
-        if self.alternate and (
-            self.head_steps < 0 or self.adapter_steps < 0 or self.head_steps + self.adapter_steps < 1
-        ):
-            raise PolarVBLLError("FitConfig.head_steps and adapter_steps must be >= 0 with a positive sum")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigFieldError("FitConfig", "warmup_ratio", f"must lie in [0, 1), got {self.warmup_ratio}")
+        check_ranges(self)
 
     @property
     def task_names(self) -> list[str]:

@@ -61,3 +61,42 @@ def post_hoc_steps(given: list[str] | None, implied: tuple[str, ...], uq: str) -
     if len(set(steps)) != len(steps):
         raise ConfigFieldError("FitConfig", "post_hoc", f"lists a step twice: {steps}")
     return steps
+
+
+def check_ranges(config: FitConfig) -> None:
+    """Refuse a numeric option of ``config`` out of its range, naming the field."""
+    for name in ("steps", "batch_size", "max_length", "eval_batch_size", "laplace_samples", "calibration_size"):
+        if getattr(config, name) < 1:
+            raise ConfigFieldError("FitConfig", name, f"must be >= 1, got {getattr(config, name)}")
+    for name in ("train_limit", "eval_limit", "train_shots"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise ConfigFieldError(
+                "FitConfig", name, f"must be >= 1 (leave it unset for all), got {getattr(config, name)}"
+            )
+    for name in ("lr_adapter", "lr_head"):
+        if not getattr(config, name) > 0:
+            raise ConfigFieldError("FitConfig", name, f"must be > 0, got {getattr(config, name)}")
+    for name in (
+        "weight_decay",
+        "grad_clip",
+        "checkpoint_every",
+        "log_every",
+        "landing_lambda",
+        "quality_retaining",
+    ):
+        if getattr(config, name) is not None and getattr(config, name) < 0:
+            raise ConfigFieldError("FitConfig", name, f"must be >= 0, got {getattr(config, name)}")
+    if config.lr_restarts != sorted(set(config.lr_restarts)) or not all(
+        0 < s < config.steps for s in config.lr_restarts
+    ):
+        raise ConfigFieldError(
+            "FitConfig",
+            "lr_restarts",
+            f"must be increasing steps in (0, steps={config.steps}), got {config.lr_restarts}",
+        )
+    if config.alternate and (
+        config.head_steps < 0 or config.adapter_steps < 0 or config.head_steps + config.adapter_steps < 1
+    ):
+        raise PolarVBLLError("FitConfig.head_steps and adapter_steps must be >= 0 with a positive sum")
+    if not 0.0 <= config.warmup_ratio < 1.0:
+        raise ConfigFieldError("FitConfig", "warmup_ratio", f"must lie in [0, 1), got {config.warmup_ratio}")

@@ -34,11 +34,13 @@ MIN_FREE_BYTES = 16 << 20  # a report with its plots is < 1 MiB; refuse a nearly
 
 
 class OutputKind(StrEnum):
-    """What a folder holds. ``run`` and ``evaluation`` own their folder; ``comparison`` adds a file beside others."""
+    """What a folder holds. ``comparison`` adds a file beside others; every other kind owns its folder."""
 
     RUN = "run"
     EVALUATION = "evaluation"
     COMPARISON = "comparison"
+    POOL = "pool"  # an AMT LoRA pool
+    ADAPTER = "adapter"  # an adapter written on its own (AMT's merge)
 
 
 _REPORT_FILES = {"report.json", "report.md", "report.html"}
@@ -142,6 +144,8 @@ def prepare_output(folder: str | Path, kind: OutputKind | str, *, overwrite: boo
             raise PolarVBLLError(
                 f"{folder} already holds a run; resume it (--resume), --overwrite it, or choose another --out"
             )
+        if kind is OutputKind.POOL and not overwrite:  # the same config continues a pool without coming here
+            raise PolarVBLLError(f"{folder} already holds a pool of another config; --overwrite it or choose another")
         remove_entries(folder, marker["entries"])
     _write_marker(folder, kind, [])
     _check_free_space(folder)

@@ -12,7 +12,7 @@ import torch
 from polar_vbll.cli import main
 from polar_vbll.data import encoded_batches
 from polar_vbll.engine import evaluate_run, fit
-from polar_vbll.engine.attack import EmbeddingAttack, embedding_offset, project
+from polar_vbll.engine.attack import EmbeddingAttack, embedding_offset, point_logits, project
 from polar_vbll.engine.inference import predict
 from polar_vbll.errors import PolarVBLLError
 from tests.engine.test_fit import config, task_dir  # noqa: F401  (a fixture)
@@ -32,12 +32,13 @@ def first_batch(run):
 def test_the_attack_raises_the_loss_and_stays_in_each_token_ball(trained, method, steps):
     batch = first_batch(trained)
     attack = EmbeddingAttack(method, epsilon=0.3, steps=steps)
-    delta = attack.perturbation(trained.backbone, trained.head, batch)
+    logits = point_logits(trained.head)
+    delta = attack.perturbation(trained.backbone, logits, batch)
     with torch.no_grad():
         embeddings = trained.backbone.model.get_input_embeddings()(batch["input_ids"]).float()
-        clean = attack.loss(trained.backbone, trained.head, batch)
+        clean = attack.loss(trained.backbone, logits, batch)
         with embedding_offset(trained.backbone, delta):
-            attacked = attack.loss(trained.backbone, trained.head, batch)
+            attacked = attack.loss(trained.backbone, logits, batch)
     assert attacked > clean
     norms, bound = delta.norm(dim=-1), 0.3 * embeddings.norm(dim=-1)
     assert torch.all(norms <= bound * (1 + 1e-5) + 1e-7)

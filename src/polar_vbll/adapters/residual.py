@@ -87,8 +87,14 @@ def export_lora(model: nn.Module, folder: str | Path) -> Path:
         u, v = layer.original_delta_factors()
         state[f"{name}.lora_B"] = (u / lora.scaling).contiguous()
         state[f"{name}.lora_A"] = v.contiguous()
+    return write_lora(folder, lora, state, {"exported_from": config.method})
+
+
+def write_lora(folder: str | Path, config: LoraConfig, state: dict[str, torch.Tensor], metadata: dict) -> Path:
+    """A plain LoRA adapter folder (``config``, tensors ``<layer>.lora_A/B``), written atomically; ``metadata``
+    records where it came from."""
     check_replaceable(folder, {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE})
     with atomic_directory(folder) as tmp:
-        save_file(state, str(tmp / ADAPTER_WEIGHTS_FILE), metadata={"method": "lora", "exported_from": config.method})
-        (tmp / ADAPTER_CONFIG_FILE).write_text(json.dumps(lora.to_dict(), indent=2) + "\n", encoding="utf-8")
+        save_file(state, str(tmp / ADAPTER_WEIGHTS_FILE), metadata={"method": "lora", **metadata})
+        (tmp / ADAPTER_CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
     return Path(folder)

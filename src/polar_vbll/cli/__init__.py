@@ -1,5 +1,5 @@
-"""Command line: ``polar-vbll data | models | fit | refine | evaluate | report | export-lora``; every failure ends in
-one line on stderr (``main``)."""
+"""Command line: ``polar-vbll data | models | fit | refine | evaluate | report | export-lora | amt``; every failure
+ends in one line on stderr (``main``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import traceback
 
 from ..data.encoding import DEFAULT_MAX_LENGTH
 from ..errors import PolarVBLLError, first_line
+from .amt import add_amt_parser
 from .commands import (
     cmd_data_list,
     cmd_data_show,
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for report.json and report.md")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+    add_amt_parser(sub, positive_int)
     return parser
 
 

@@ -15,7 +15,7 @@ and adapter (an iLoRA gate included) sees the perturbed prompt.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -25,6 +25,9 @@ import torch
 from ..errors import PolarVBLLError
 from ..models import Backbone
 from ..uq import UQHead
+
+# (features (B, d), choice mask (B, C)) -> logits (B, C) that the attack raises the loss of
+Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class AttackMethod(StrEnum):
@@ -71,8 +74,9 @@ class EmbeddingAttack:
     def describe(self) -> dict:
         return {"method": self.method.value, "epsilon": self.epsilon, "steps": self.steps, "space": "embeddings"}
 
-    def perturbation(self, backbone: Backbone, head: UQHead, batch: dict) -> torch.Tensor:
-        """δ (B, T, d) for ``batch``: the attack of the module docstring against the head's point logits."""
+    def perturbation(self, backbone: Backbone, logits: Logits, batch: dict) -> torch.Tensor:
+        """δ (B, T, d) for ``batch``: the attack of the module docstring against ``logits(features, choice_mask)``
+        (a head's: :func:`point_logits`)."""
         with torch.no_grad():
             clean = backbone.model.get_input_embeddings()(batch["input_ids"]).float()
         real = batch["attention_mask"].bool()[..., None]
@@ -81,7 +85,7 @@ class EmbeddingAttack:
         for _ in range(self.steps):
             delta.requires_grad_(True)
             with torch.enable_grad(), embedding_offset(backbone, delta):
-                loss = self.loss(backbone, head, batch)
+                loss = self.loss(backbone, logits, batch)
                 (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
                 direction = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -90,17 +94,22 @@ class EmbeddingAttack:
         return delta.detach()
 
     @staticmethod
-    def loss(backbone: Backbone, head: UQHead, batch: dict) -> torch.Tensor:
-        """Σ over the batch of the cross-entropy of the right answer under the head's point logits."""
+    def loss(backbone: Backbone, logits: Logits, batch: dict) -> torch.Tensor:
+        """Σ over the batch of the cross-entropy of the right answer under ``logits``."""
         features = backbone.features(batch["input_ids"], batch["attention_mask"])
-        logits = head.point_logits(features, batch["choice_mask"]) / head.temperature
-        return torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
+        scores = logits(features, batch["choice_mask"])
+        return torch.nn.functional.cross_entropy(scores, batch["labels"], reduction="sum")
 
     @contextmanager
     def applied(self, backbone: Backbone, head: UQHead, batch: dict) -> Iterator[None]:
-        """Within the block, ``batch``'s prompts reach the model attacked."""
-        with embedding_offset(backbone, self.perturbation(backbone, head, batch)):
+        """Within the block, ``batch``'s prompts reach the model attacked (along ``head``'s point logits)."""
+        with embedding_offset(backbone, self.perturbation(backbone, point_logits(head), batch)):
             yield
+
+
+def point_logits(head: UQHead) -> Logits:
+    """The logits an attack on ``head`` follows: its point logits over its temperature."""
+    return lambda features, choice_mask: head.point_logits(features, choice_mask) / head.temperature
 
 
 def project(delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:

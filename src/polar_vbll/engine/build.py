@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
 
-from ..adapters import ADAPTERS, inject_adapters
-from ..adapters.base import AdapterConfig, TunerConfig
+from ..adapters import ADAPTERS, inject_adapters, load_adapter_state
+from ..adapters.base import ADAPTER_WEIGHTS_FILE, AdapterConfig, TunerConfig
+from ..adapters.files import load_adapter_config
+from ..amt.episodes import sample_episode
 from ..config import FitConfig
 from ..data import TaskSpec, get_task, label_token_ids
 from ..errors import PolarVBLLError
 from ..models import Backbone, load_backbone
+from ..stored import load_tensors
 from ..uq import UQ_METHODS, UQHead
 from .prepare import TrainingInputs
 
@@ -34,17 +38,35 @@ def build_components(
     method = UQ_METHODS.get(config.uq.method)
     adapter = config.adapter
     layer = ADAPTERS.get(adapter.method).layer
+    start_from = None if restore else config.adapter_init
     data = {}
-    if layer is not None and layer.needs_data and not restore:
+    if layer is not None and layer.needs_data and not restore and start_from is None:
         assert isinstance(adapter, AdapterConfig)  # a layer method's config
         data = layer.prepare(backbone.model, adapter, TrainingInputs(backbone, config))
     assert isinstance(adapter, TunerConfig)  # FitConfig resolved it through ADAPTERS
-    inject_adapters(backbone.model, adapter, restore=restore, members=method.members(config.uq), **data)
+    members = method.members(config.uq)
+    inject_adapters(backbone.model, adapter, restore=restore or start_from is not None, members=members, **data)
+    if start_from is not None:
+        initial_adapter(backbone, adapter, Path(start_from))
     stored_as = base_dtype(config, backbone)
     if stored_as is not None and not restore:  # a restored adapter may rewrite the base: load_run converts after it
         backbone.set_base_dtype(stored_as)
     head.attach(backbone)
     return backbone, task, head
+
+
+def initial_adapter(backbone: Backbone, adapter: TunerConfig, folder: Path) -> None:
+    """Load the adapter folder ``folder`` (``FitConfig.adapter_init``) into the injected ``adapter``, after checking
+    that it was saved with the same options (its dropout aside: a training-time choice)."""
+    saved = load_adapter_config(folder)
+    options = {k: v for k, v in saved.to_dict().items() if k != "dropout"}
+    if options != {k: v for k, v in adapter.to_dict().items() if k != "dropout"}:
+        raise PolarVBLLError(
+            f"FitConfig.adapter_init: {folder} holds the adapter {options}, not the run's; give the same --adapter "
+            "and options"
+        )
+    path = folder / ADAPTER_WEIGHTS_FILE
+    load_adapter_state(backbone.model, load_tensors(path, "adapter weights"), str(path))
 
 
 def build_head(config: FitConfig, backbone: Backbone, task: TaskSpec, n_train: int | None = None) -> UQHead:
@@ -72,7 +94,8 @@ def training_items(task: TaskSpec, config: FitConfig) -> tuple[list, list]:
     """(examples to train on, examples held out for the temperature).
 
     With ``calibration_holdout`` a seeded random ``calibration_size`` of the training split is held out first and
-    never trained on; ``train_limit`` then keeps the first N of the rest.
+    never trained on; ``train_shots`` then keeps K seeded examples of each class of the rest, and ``train_limit``
+    the first N.
     """
     items = task.load("train")
     held_out: list = []
@@ -85,4 +108,8 @@ def training_items(task: TaskSpec, config: FitConfig) -> tuple[list, list]:
         held = set(order[: config.calibration_size])
         held_out = [items[i] for i in sorted(held)]
         items = [x for i, x in enumerate(items) if i not in held]
+    if config.train_shots is not None:  # few-shot: an episode's support, seeded as the run
+        items = sample_episode(
+            items, config.train_shots, 0, torch.Generator().manual_seed(config.seed), task.name
+        ).support
     return items[: config.train_limit or None], held_out

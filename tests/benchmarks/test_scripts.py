@@ -12,6 +12,7 @@ calibration = pytest.importorskip("calibration")
 gpu_throughput = pytest.importorskip("gpu_throughput")
 ood = pytest.importorskip("ood")
 multitask = pytest.importorskip("multitask")
+amt = pytest.importorskip("amt")
 vbll_variance = pytest.importorskip("vbll_variance")
 
 
@@ -163,3 +164,17 @@ def test_multitask_table_ratios_are_per_step_and_per_example_against_multi_task_
     assert "| LoRA, one run per task | 1,000 each | " in text and "| 0.600 | | |" in text
     assert "Zero-shot: sst2 0.400 / 0.200 / 0.900" in text and "**EMTAL ÷ LoRA 1.010**" in text
     assert "VBLL head" not in text  # a head with no row yet has no table
+
+
+def test_amt_table_means_over_seeds_clean_and_attacked():
+    def cell(acc):
+        clean = {"cls/acc": acc, "cal/ece": 0.1, "cls/nll": 0.5}
+        return {"metrics": {"0.0": clean, "0.02": {**clean, "cls/acc": acc - 0.1}, "0.05": {**clean, "cls/acc": 0.2}}}
+
+    cells = {"zero-shot": cell(0.7), "AMT (merged top 2)|0": cell(0.8), "AMT (merged top 2)|1": cell(0.9)}
+    cells["pool"] = {"members": [{"epsilon": 0.0, "gamma": 0.0, "query_acc_last_fifth": 0.6, "train_s": 60.0}]}
+    data = {"pool_steps": 5, "shots": 4, "seeds": [0, 1], "fit_steps": 3, "precision": "bf16", "eval_limit": 9}
+    text = "\n".join(amt.markdown({**data, "cells": cells}))
+    assert "| zero-shot | — | 0.700 | 0.100 | 0.500 | 0.600 / 0.100 | 0.200 / 0.100 |" in text
+    assert "| AMT (merged top 2) | 2 | 0.850 ± 0.071 |" in text
+    assert "(ε 0.0, γ 0.0): query accuracy 0.600, 1.0 min" in text

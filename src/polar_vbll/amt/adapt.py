@@ -19,6 +19,7 @@ from ..config import FitConfig
 from ..data import encoded_batches, get_task
 from ..engine.attack import embedding_offset
 from ..engine.build import training_items
+from ..errors import PolarVBLLError
 from ..models import load_backbone
 from ..models.precision import resolved_name
 from ..outputs import OutputKind, claim, prepare_output
@@ -31,12 +32,14 @@ MERGE_FILE = "amt.json"
 @dataclass(frozen=True)
 class MergeOptions:
     """How members are scored and merged: ``top_k`` members kept, routing sharpness ``beta``, the score's
-    intra/inter balance ``gamma``, the relative radius of the support's perturbed view ``view_radius``."""
+    intra/inter balance ``gamma``, the relative radius of the support's perturbed view ``view_radius``; ``candidates``:
+    the members that may be chosen (default all; ``(0,)`` turns the pool's first member alone into a plain LoRA)."""
 
     top_k: int = 2
     beta: float = 10.0
     gamma: float = 0.5
     view_radius: float = 0.05
+    candidates: tuple[int, ...] | None = None
 
 
 def adapt(pool_dir: str | Path, task: str, out: str | Path, shots: int, seed: int = 0, options=MergeOptions()):
@@ -69,7 +72,11 @@ def adapt(pool_dir: str | Path, task: str, out: str | Path, shots: int, seed: in
             with embedding_offset(backbone, view):
                 viewed = backbone.features(batch["input_ids"], batch["attention_mask"])
             scores.append(member_score(clean, viewed, labels, options.gamma))
-    weights = routing_weights(scores, options.beta, options.top_k)
+    eligible = list(options.candidates) if options.candidates is not None else list(range(len(scores)))
+    if not eligible or not set(eligible) <= set(range(len(scores))):
+        raise PolarVBLLError(f"candidates {eligible}: the pool has members 0..{len(scores) - 1}")
+    ranked = routing_weights([scores[k] for k in eligible], options.beta, options.top_k)
+    weights = {eligible[k]: w for k, w in ranked.items()}
     chosen = list(weights)
     rank = (len(chosen) + 1) * config.r
     scaling = config.alpha / config.r

@@ -94,6 +94,7 @@ def merge_row(args) -> dict:
     from polar_vbll.models import load_backbone
 
     base_params = sum(p.numel() for p in load_backbone(args.model).model.parameters())
+    exact = load_run(Path(args.runs) / "MAP" / "emtal", task="sst2", precision="fp32")  # the merge itself, in fp32
     runs = {name: load_run(Path(args.runs) / "MAP" / name, task="sst2") for name in ("lora", "emtal")}
     task = runs["lora"].task
     items = task.load(task.eval_split)[:64]
@@ -103,10 +104,13 @@ def merge_row(args) -> dict:
     def features(backbone) -> torch.Tensor:
         return torch.cat([backbone.features(b["input_ids"], b["attention_mask"]) for b in batches])
 
-    unmerged = features(runs["emtal"].backbone)
-    for run in runs.values():
+    differences = {}
+    for precision, run in (("fp32", exact), (runs["emtal"].config.precision, runs["emtal"])):
+        unmerged = features(run.backbone)
         merge_and_unload(run.backbone.model)
-    difference = float((features(runs["emtal"].backbone) - unmerged).abs().max())
+        differences[precision] = float((features(run.backbone) - unmerged).abs().max())
+        differences["feature_max_abs"] = float(unmerged.abs().max())
+    merge_and_unload(runs["lora"].backbone.model)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):  # alternating, so that the machine's drift hits both alike
         for name, run in runs.items():
@@ -117,7 +121,7 @@ def merge_row(args) -> dict:
     return {
         "median_s": medians,
         "ratio": medians["emtal"] / medians["lora"],
-        "max_abs_difference": difference,
+        "max_abs_difference": differences,
         "parameters": {name: sum(p.numel() for p in run.backbone.model.parameters()) for name, run in runs.items()},
         "base_parameters": base_params,
         "prompts": len(items),
@@ -171,11 +175,14 @@ def markdown(data: dict) -> list[str]:
                                              for t, z in zero.items()) + ".", ""]  # fmt: skip
     merge = data["cells"].get("merge")
     if merge:
+        diff = merge["max_abs_difference"]
         lines += [
             f"After `merge_and_unload` (MAP rows, {merge['prompts']} SST-2 prompts, median of {merge['repeats']} "
             f"alternating passes): EMTAL {merge['median_s']['emtal']:.3f} s, LoRA {merge['median_s']['lora']:.3f} s, "
-            f"**EMTAL ÷ LoRA {merge['ratio']:.3f}**; EMTAL merged against unmerged features: max |Δ| "
-            f"{merge['max_abs_difference']:.2e}; parameters after merging: EMTAL {merge['parameters']['emtal']:,}, "
+            f"**EMTAL ÷ LoRA {merge['ratio']:.3f}**; EMTAL merged against unmerged features (largest |feature| "
+            f"{diff['feature_max_abs']:.1f}): max |Δ| {diff['fp32']:.1e} in fp32, "
+            + ", ".join(f"{diff[k]:.1e} with base weights in {k}" for k in diff if k not in ("fp32", "feature_max_abs"))
+            + f" (the merged weights rounded to it); parameters after merging: EMTAL {merge['parameters']['emtal']:,}, "
             f"LoRA {merge['parameters']['lora']:,}, base model {merge['base_parameters']:,}.",
             "",
         ]

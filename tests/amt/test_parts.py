@@ -32,8 +32,11 @@ def test_an_episode_has_k_shots_per_class_and_never_puts_a_support_example_in_th
         assert sorted(i.answer for i in episode.query) == [0] * 4 + [1] * 4 + [2] * 4
     again = sample_episode(pool, 2, 4, torch.Generator().manual_seed(0), "toy")
     assert again == sample_episode(pool, 2, 4, torch.Generator().manual_seed(0), "toy")  # seeded
-    with pytest.raises(PolarVBLLError, match="answer 1 has 1 examples"):
-        sample_episode(items(3, 2), shots=1, queries=1, generator=torch.Generator(), name="toy")
+    rare = items(30, 3) + [MCItem("rare", "question", ("a", "b", "c", "d"), 3)]  # one example of the answer d
+    episode = sample_episode(rare, 2, 1, torch.Generator().manual_seed(0), "toy")
+    assert {i.answer for i in episode.support} == {0, 1, 2}  # a class too rare for an episode is left out
+    with pytest.raises(PolarVBLLError, match="fewer than two answers have 1 examples plus a query"):
+        sample_episode(items(3, 2)[:3], shots=1, queries=1, generator=torch.Generator(), name="toy")
 
 
 def test_the_weight_perturbation_is_gamma_times_each_norm_and_is_undone_exactly():

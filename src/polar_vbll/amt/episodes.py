@@ -34,16 +34,18 @@ def by_class(items: list[MCItem]) -> dict[int, list[int]]:
 
 def sample_episode(items: list[MCItem], shots: int, queries: int, generator: torch.Generator, name: str) -> Episode:
     """An episode of ``items`` (the task ``name``, for errors): per class, a random ``shots`` for the support and the
-    next ``queries`` of the same permutation for the query."""
+    next ``queries`` of the same permutation for the query. A class with fewer examples than that (ARC-E's rare
+    fifth answer) is left out of the episode; fewer than two classes left is an error."""
     if shots < 1 or queries < 0:
         raise PolarVBLLError(f"episode of {name}: shots must be >= 1 and queries >= 0, got {shots} and {queries}")
+    need = shots + min(queries, 1)
+    classes = {answer: indices for answer, indices in by_class(items).items() if len(indices) >= need}
+    if len(classes) < 2:
+        raise PolarVBLLError(
+            f"episode of {name}: fewer than two answers have {shots} examples" + (" plus a query" if queries else "")
+        )
     support, query = [], []
-    for answer, indices in by_class(items).items():
-        if len(indices) < shots + min(queries, 1):
-            raise PolarVBLLError(
-                f"episode of {name}: answer {answer} has {len(indices)} examples, fewer than {shots} shots"
-                + (" plus a query" if queries else "")
-            )
+    for indices in classes.values():
         order = torch.randperm(len(indices), generator=generator).tolist()
         support += [items[indices[i]] for i in order[:shots]]
         query += [items[indices[i]] for i in order[shots : shots + queries]]

@@ -91,13 +91,16 @@ class Pool:
 
 
 def prototype_logits(support: torch.Tensor, labels: torch.Tensor, n_classes: int, scale: float):
-    """logits(f, choice_mask) = scale · cos(f, p_c) with p_c the mean ``support`` feature of class c."""
-    prototypes = torch.stack([support[labels == c].mean(0) for c in range(n_classes)])
+    """logits(f, choice_mask) = scale · cos(f, p_c) with p_c the mean ``support`` feature of class c (−∞ for a class
+    the support lacks, as for a choice the question lacks)."""
+    present = torch.zeros(n_classes, dtype=torch.bool)
+    present[labels.unique()] = True
+    prototypes = torch.stack([support[labels == c].mean(0) if present[c] else support[0] for c in range(n_classes)])
     normalized = torch.nn.functional.normalize(prototypes, dim=-1)
 
     def logits(features: torch.Tensor, choice_mask: torch.Tensor) -> torch.Tensor:
         cos = torch.nn.functional.normalize(features.float(), dim=-1) @ normalized.T
-        return (scale * cos).masked_fill(~choice_mask, float("-inf"))
+        return (scale * cos).masked_fill(~(choice_mask & present), float("-inf"))
 
     return logits
 

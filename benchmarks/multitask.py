@@ -193,6 +193,20 @@ def per_example(row: dict) -> float:
     return sum(t["eval_s"] for t in row["tasks"].values()) / sum(t["n"] for t in row["tasks"].values())
 
 
+def without_rows(argv: list[str]) -> list[str]:
+    """The command line less its ``--rows`` selection: rows accumulate, so the table's command is the whole grid's."""
+    kept, skipping = [], False
+    for word in argv:
+        if word.startswith("--rows"):
+            skipping = "=" not in word
+            continue
+        if skipping and not word.startswith("--"):
+            continue
+        skipping = False
+        kept.append(word)
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
@@ -232,7 +246,7 @@ def main() -> None:
             data["cells"][row] = run_worker(__file__, *flags, "--worker", row)
             print(f"{row}: {json.dumps(data['cells'][row])}", flush=True)
         data["cells"] = {r: data["cells"][r] for r in ROWS if r in data["cells"]}
-        command = shlex.join(["python", "benchmarks/multitask.py", *sys.argv[1:]])
+        command = shlex.join(["python", "benchmarks/multitask.py", *without_rows(sys.argv[1:])])
         write_results(RESULTS / "multitask", data, markdown(data), machine_info(), command)
 
 

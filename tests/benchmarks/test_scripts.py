@@ -180,3 +180,8 @@ def test_amt_table_means_over_seeds_clean_and_attacked():
     assert "| zero-shot | — | 0.700 | 0.100 | 0.500 | 0.600 / 0.100 | 0.200 / 0.100 |" in text
     assert "| AMT (merged top 2) | 2 | 0.850 ± 0.071 |" in text
     assert "(ε 0.0, γ 0.0): query accuracy 0.600, 1.0 min" in text
+
+
+def test_the_multitask_command_is_the_whole_grid():
+    assert multitask.without_rows(["--rows", "merge", "MAP|lora", "--eval-limit", "5"]) == ["--eval-limit", "5"]
+    assert multitask.without_rows(["--rows=merge", "--steps-per-task", "3"]) == ["--steps-per-task", "3"]

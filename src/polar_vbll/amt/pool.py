@@ -1,9 +1,9 @@
 """AMT's LoRA pool: one PiSSA-initialized LoRA per robustness level, each meta-tuned on episodes of the source tasks
 under an input attack of radius ε and a weight perturbation of size γ (:mod:`.perturbation`).
 
-An episode (:mod:`.episodes`) of a source task gives class prototypes p_c, the mean support features (no gradient),
-and a prototype classifier of the query, logits_c(f) = scale · cos(f, p_c), as the official code's ProtoNet. The
-loss of an episode (TRADES, as the official code):
+An episode (:mod:`polar_vbll.data.episodes`) of a source task gives class prototypes p_c, the mean support
+features (no gradient), and a prototype classifier of the query, logits_c(f) = scale · cos(f, p_c), as the
+official code's ProtoNet. The loss of an episode (TRADES, as the official code):
 
     L = CE(logits(f(x)), y) + β · KL(softmax logits(f(x)) ‖ softmax logits(f(x + δ_x))),
 
@@ -27,6 +27,7 @@ from ..adapters import PissaConfig, adapter_parameters, adapter_state_dict, inje
 from ..adapters.files import save_adapter
 from ..atomic import atomic_write_json
 from ..data import encoded_batches, get_task
+from ..data.episodes import Episode, sample_episode
 from ..engine.attack import AttackMethod, EmbeddingAttack, embedding_offset
 from ..errors import PolarVBLLError
 from ..fields import check_types
@@ -35,7 +36,6 @@ from ..models import Backbone, load_backbone
 from ..models.precision import resolved_name
 from ..outputs import OutputKind, claim, prepare_output
 from ..stored import load_tensors, read_json
-from .episodes import Episode, sample_episode
 from .perturbation import perturbed, relative_perturbation
 
 POOL_FILE = "pool.json"

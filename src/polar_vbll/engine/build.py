@@ -10,9 +10,9 @@ import torch
 from ..adapters import ADAPTERS, inject_adapters, load_adapter_state
 from ..adapters.base import ADAPTER_WEIGHTS_FILE, AdapterConfig, TunerConfig
 from ..adapters.files import load_adapter_config
-from ..amt.episodes import sample_episode
 from ..config import FitConfig
 from ..data import TaskSpec, get_task, label_token_ids
+from ..data.episodes import sample_episode
 from ..errors import PolarVBLLError
 from ..models import Backbone, load_backbone
 from ..stored import load_tensors

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.loaders import MCItem
 from ..errors import PolarVBLLError
+from .loaders import MCItem
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,8 @@ def test_every_fit_option_has_a_working_flag():
     for registry, shared in ((ADAPTERS, shared_by_adapters), (UQ_METHODS, set())):
         section = "adapter" if registry is ADAPTERS else "uq"
         listed = FitConfig.help()[section].split("(")[1].split(")")[0].split(", ")
-        assert sorted(listed) == sorted(registry), section  # the help names every registered method
+        own = [name for name in registry if registry.get(name).config.__module__.startswith("polar_vbll.")]
+        assert sorted(listed) == sorted(own), section  # the help names every method the package registers
         for method in registry:
             for f in fields(registry.get(method).config):
                 if f.name in top_level:

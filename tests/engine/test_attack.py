@@ -74,8 +74,10 @@ def test_evaluate_reports_robust_metrics_beside_the_clean_ones(trained, tmp_path
     assert json.loads((tmp_path / "e" / "report.json").read_text())["attack"]["steps"] == 1
     with pytest.raises(PolarVBLLError, match="epsilon"):
         EmbeddingAttack("pgd", epsilon=-0.1)
-    assert main(["evaluate", "--task", "sst2", "--attack", "pgd"]) == 2
+    assert main(["evaluate", "--task", "sst2", "--attack", "pgd", "--epsilon", "0.01"]) == 2
     assert "--attack needs a RUN_DIR" in capsys.readouterr().err
+    assert main(["evaluate", str(trained.out), "--attack", "pgd"]) == 2
+    assert "--attack needs --epsilon" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("uq", ["vbll", "ensemble", "mc_dropout", "blob"])

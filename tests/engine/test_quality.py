@@ -67,3 +67,18 @@ def test_quality_retaining_needs_a_head_over_features():
         FitConfig(uq="mc_dropout", quality_retaining=1.0)
     with pytest.raises(PolarVBLLError, match="must be >= 0"):
         FitConfig(uq="map", quality_retaining=-1.0)
+
+
+def test_the_masked_kl_has_finite_gradients_where_a_choice_is_absent():
+    """A question with fewer choices than the head's classes (ARC's 3-choice questions under a 5-class head): the KL
+    over its choices, and gradients that stay finite on both sides (a product taken after the mask gives 0 · nan)."""
+    from polar_vbll.engine.quality import masked_kl
+
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    p = torch.tensor([[1.0, 0.0, 5.0], [0.5, 0.2, 0.1]], requires_grad=True)
+    q = torch.tensor([[0.0, 1.0, -5.0], [0.1, 0.2, 0.3]], requires_grad=True)
+    kl = masked_kl(p, q, mask)
+    kl.sum().backward()
+    assert torch.isfinite(p.grad).all() and torch.isfinite(q.grad).all()
+    expected = torch.nn.functional.kl_div(torch.log_softmax(q[0, :2], -1), torch.softmax(p[0, :2], -1), reduction="sum")
+    assert kl[0].item() == pytest.approx(expected.item(), rel=1e-6)

@@ -29,6 +29,7 @@ from ..atomic import atomic_write_json
 from ..data import encoded_batches, get_task
 from ..data.episodes import Episode, sample_episode
 from ..engine.attack import AttackMethod, EmbeddingAttack, embedding_offset
+from ..engine.quality import masked_kl
 from ..errors import PolarVBLLError
 from ..fields import check_types
 from ..fields import help_field as _help
@@ -118,10 +119,7 @@ def episode_loss(backbone: Backbone, episode: Episode, task, config: PoolConfig,
         delta = EmbeddingAttack(AttackMethod.PGD, epsilon, config.attack_steps).perturbation(backbone, logits, query)
         with embedding_offset(backbone, delta):
             attacked = logits(backbone.features(query["input_ids"], query["attention_mask"]), query["choice_mask"])
-        log_p, log_q = torch.log_softmax(clean, -1), torch.log_softmax(attacked, -1)
-        terms = torch.where(query["choice_mask"], log_p.exp() * (log_p - log_q), torch.zeros_like(log_p))
-        kl = terms.sum(-1).mean()
-        loss = loss + config.beta * kl
+        loss = loss + config.beta * masked_kl(clean, attacked, query["choice_mask"]).mean()
     accuracy = float((clean.argmax(-1) == query["labels"]).float().mean())
     return loss, accuracy
 

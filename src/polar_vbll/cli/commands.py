@@ -165,6 +165,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise PolarVBLLError("--ood needs a RUN_DIR: OOD detection evaluates a trained run")
     if args.attack and not args.run_dir:
         raise PolarVBLLError("--attack needs a RUN_DIR: the attack follows a trained run's gradients")
+    if args.attack and args.epsilon is None:
+        raise PolarVBLLError("--attack needs --epsilon (the radius relative to each token's embedding norm)")
     if args.run_dir:
         from ..engine import evaluate_run
         from ..engine.attack import EmbeddingAttack

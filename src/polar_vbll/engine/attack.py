@@ -55,7 +55,7 @@ class EmbeddingAttack:
     ε)."""
 
     method: AttackMethod = AttackMethod.PGD
-    epsilon: float = 0.05
+    epsilon: float = 0.01
     steps: int = 5
 
     def __post_init__(self):

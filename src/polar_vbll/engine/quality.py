@@ -15,6 +15,15 @@ from __future__ import annotations
 import torch
 
 
+def masked_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, choice_mask: torch.Tensor) -> torch.Tensor:
+    """KL(softmax p ‖ softmax q) (B,) over each row's choices (``choice_mask`` (B, C)); finite gradients for both
+    sides even where a choice is absent (the log-ratio is zeroed there before the product, not after)."""
+    log_p = torch.log_softmax(p_logits.masked_fill(~choice_mask, float("-inf")), -1)
+    log_q = torch.log_softmax(q_logits.masked_fill(~choice_mask, float("-inf")), -1)
+    ratio = torch.where(choice_mask, log_p - log_q, torch.zeros_like(log_p))
+    return (log_p.exp() * ratio).sum(-1)
+
+
 class QualityRetaining:
     """The teachers of one task's ``n_items`` training examples over ``n_classes`` classes, and the pull of weight
     ``weight`` (λ) towards them."""
@@ -31,11 +40,7 @@ class QualityRetaining:
         has = torch.isfinite(self.best_nll[index])
         if not has.any():
             return None
-        mask = choice_mask[has]
-        log_q = torch.log_softmax(logits[has].float().masked_fill(~mask, float("-inf")), -1)
-        log_p = torch.log_softmax(self.best_logits[index[has]].masked_fill(~mask, float("-inf")), -1)
-        terms = torch.where(mask, log_p.exp() * (log_p - log_q), torch.zeros_like(log_q))
-        return self.weight * terms.sum(-1).mean()
+        return self.weight * masked_kl(self.best_logits[index[has]], logits[has].float(), choice_mask[has]).mean()
 
     @torch.no_grad()
     def update(self, idx: list[int], logits: torch.Tensor, labels: torch.Tensor, choice_mask: torch.Tensor) -> None:

@@ -6,7 +6,8 @@ Pool: 3 members, (ε, γ) = (0, 0), (0.02, 0.005), (0.05, 0.01); ``--pool-steps`
 queries per class, r 8 on q_proj, v_proj, lr 1e-4. Target: ``--shots`` support examples per class drawn by the
 seed (3 seeds of episode sampling), then a MAP head and the adapter fitted ``--fit-steps`` steps on them (the adapter
 from scratch, from the unperturbed member, or from AMT's merge of the top 2 members). Scored on the first
-``--eval-limit`` SST-2 validation sentences, clean and under PGD on the input embeddings (3 steps) at two ε. Each
+``--eval-limit`` SST-2 validation sentences, clean and under PGD on the input embeddings (3 steps) at two ε chosen
+first on SST-2 training examples (``RADII``). Each
 cell runs in a fresh process and keeps a ``cell.json``. Writes ``benchmarks/results/amt.{json,md}``.
 
     python benchmarks/amt.py
@@ -27,13 +28,16 @@ from common import RESULTS, add_precision_argument, machine_info, run_worker, sa
 
 SOURCES = ["boolq", "obqa", "arc_e"]
 TARGET = "sst2"
-EPSILONS = [0.02, 0.05]
+# radii tried on training examples; the two kept are the largest at which the zero-shot model keeps 3/4 and 1/2 of
+# its clean accuracy there (the evaluation split never chooses them)
+RADII = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02]
 METHODS = {"few-shot LoRA": "scratch", "meta-tuned LoRA (ε = γ = 0)": "plain", "AMT (merged top 2)": "amt"}
 KEYS = ("cls/acc", "cal/ece", "cls/nll")
 
 
 def scored(args, backbone, head, task) -> dict:
-    """Clean metrics and, for each ε, robust accuracy and ECE of ``head`` on the target's first examples."""
+    """Clean metrics and, for each ε of ``args.epsilons``, robust metrics of ``head`` on the target's first
+    examples."""
     import numpy as np
 
     from polar_vbll.engine.attack import AttackMethod, EmbeddingAttack
@@ -43,7 +47,7 @@ def scored(args, backbone, head, task) -> dict:
     items = task.load(task.eval_split)[: args.eval_limit]
     labels = np.array([item.answer for item in items])
     out = {}
-    for epsilon in [0.0, *EPSILONS]:
+    for epsilon in [0.0, *args.epsilons]:
         attack = EmbeddingAttack(AttackMethod.PGD, epsilon, 3) if epsilon else None
         probs = predict(backbone, head, task, items, 32, 256, attack=attack)["probs"]
         metrics = classification_metrics(probs, labels)
@@ -68,6 +72,8 @@ def worker(args, cell: str) -> dict:
         )  # fmt: skip
         pool = build_pool(config, runs / "pool", progress=False)
         result = {"members": pool.log}
+    elif cell == "radii":
+        result = radii(args)
     elif cell == "zero-shot":
         backbone = load_backbone("smollm2-135m")
         backbone.set_precision(resolved_name(args.precision))
@@ -94,6 +100,34 @@ def worker(args, cell: str) -> dict:
     return result
 
 
+def radii(args) -> dict:
+    """The zero-shot model's accuracy on 64 seeded SST-2 training examples at every radius of ``RADII``, and the two
+    radii kept (see ``RADII``)."""
+    import numpy as np
+    import torch
+
+    from polar_vbll.data import get_task
+    from polar_vbll.engine.attack import AttackMethod, EmbeddingAttack
+    from polar_vbll.engine.inference import predict, zero_shot_head
+    from polar_vbll.models import load_backbone
+    from polar_vbll.models.precision import resolved_name
+
+    backbone = load_backbone("smollm2-135m")
+    backbone.set_precision(resolved_name(args.precision))
+    task = get_task(TARGET)
+    train = task.load("train")
+    items = [train[i] for i in torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:64].tolist()]
+    labels, head = np.array([item.answer for item in items]), zero_shot_head(backbone, task)
+    accuracy = {}
+    for epsilon in [0.0, *RADII]:
+        attack = EmbeddingAttack(AttackMethod.PGD, epsilon, 3) if epsilon else None
+        probs = predict(backbone, head, task, items, 32, 256, attack=attack)["probs"]
+        accuracy[str(epsilon)] = float((probs.argmax(1) == labels).mean())
+    clean = accuracy["0.0"]
+    kept = [max([e for e in RADII if accuracy[str(e)] >= share * clean] or [RADII[0]]) for share in (0.75, 0.5)]
+    return {"accuracy": accuracy, "epsilons": sorted(set(kept))}
+
+
 def markdown(data: dict) -> list[str]:
     lines = [
         "# AMT on SmolLM2-135M (dequantized 4-bit GGUF): pool on BoolQ + OBQA + ARC-E, few-shot SST-2",
@@ -103,9 +137,20 @@ def markdown(data: dict) -> list[str]:
         f"{data['fit_steps']} few-shot steps (MAP head, adapter lr 1e-4), {data['precision']}; the first "
         f"{data['eval_limit']} validation sentences, clean and under 3-step PGD on the input embeddings. Means over "
         "the seeds (± standard deviation where there are several).",
+    ]
+    epsilons = data["cells"].get("radii", {}).get("epsilons", [])
+    if epsilons:
+        tried = ", ".join(f"{e} → {a:.2f}" for e, a in data["cells"]["radii"]["accuracy"].items())
+        chosen = " and ".join(map(str, epsilons))
+        lines += [
+            "",
+            f"Radii, chosen on 64 SST-2 training examples (zero-shot accuracy at each ε: {tried}): the largest keeping "
+            f"3/4 and 1/2 of the clean accuracy, {chosen}.",
+        ]
+    lines += [
         "",
-        "| method | seeds | ACC | ECE | NLL | " + " | ".join(f"robust ACC / ECE, ε {e}" for e in EPSILONS) + " |",
-        "|---|---|---|---|---|" + "---|" * len(EPSILONS),
+        "| method | seeds | ACC | ECE | NLL | " + " | ".join(f"robust ACC / ECE, ε {e}" for e in epsilons) + " |",
+        "|---|---|---|---|---|" + "---|" * len(epsilons),
     ]
 
     def mean(values: list[float]) -> str:
@@ -119,7 +164,7 @@ def markdown(data: dict) -> list[str]:
     for method, cells in rows.items():
         clean = [c["metrics"]["0.0"] for c in cells]
         texts = [mean([m[k] for m in clean]) for k in KEYS]
-        for epsilon in EPSILONS:
+        for epsilon in epsilons:
             attacked = [c["metrics"][str(epsilon)] for c in cells]
             texts.append(f"{mean([m['cls/acc'] for m in attacked])} / {mean([m['cal/ece'] for m in attacked])}")
         seeds = "—" if method == "zero-shot" else str(len(cells))
@@ -143,6 +188,7 @@ def main() -> None:
     parser.add_argument("--fit-steps", type=int, default=20)
     parser.add_argument("--eval-limit", type=int, default=300)
     parser.add_argument("--runs", default="runs/amt", help="run folders (default %(default)s)")
+    parser.add_argument("--epsilons", nargs="+", type=float, default=[], help=argparse.SUPPRESS)
     add_precision_argument(parser, "every pass")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -160,8 +206,10 @@ def main() -> None:
     recorded = json.loads(path.read_text()) if path.exists() else {}
     same = all(recorded.get(k) == v for k, v in settings.items())
     data = {**settings, "seeds": args.seeds, "cells": recorded.get("cells", {}) if same else {}}
-    cells = ["pool", "zero-shot", *(f"{m}|{s}" for s in args.seeds for m in METHODS)]
+    cells = ["radii", "pool", "zero-shot", *(f"{m}|{s}" for s in args.seeds for m in METHODS)]
     for cell in cells:
+        if cell != "radii" and "--epsilons" not in flags:  # every scored cell uses the radii chosen first
+            flags += ["--epsilons", *map(str, data["cells"]["radii"]["epsilons"])]
         folder = Path(args.runs) / "cells" / cell.replace("|", "-").replace(" ", "_")
         if (folder / "cell.json").exists():
             data["cells"][cell] = json.loads((folder / "cell.json").read_text())

@@ -174,12 +174,14 @@ def test_amt_table_means_over_seeds_clean_and_attacked():
         return {"metrics": {"0.0": clean, "0.02": {**clean, "cls/acc": acc - 0.1}, "0.05": {**clean, "cls/acc": 0.2}}}
 
     cells = {"zero-shot": cell(0.7), "AMT (merged top 2)|0": cell(0.8), "AMT (merged top 2)|1": cell(0.9)}
+    cells["radii"] = {"accuracy": {"0.0": 0.8, "0.02": 0.6, "0.05": 0.4}, "epsilons": [0.02, 0.05]}
     cells["pool"] = {"members": [{"epsilon": 0.0, "gamma": 0.0, "query_acc_last_fifth": 0.6, "train_s": 60.0}]}
     data = {"pool_steps": 5, "shots": 4, "seeds": [0, 1], "fit_steps": 3, "precision": "bf16", "eval_limit": 9}
     text = "\n".join(amt.markdown({**data, "cells": cells}))
     assert "| zero-shot | — | 0.700 | 0.100 | 0.500 | 0.600 / 0.100 | 0.200 / 0.100 |" in text
     assert "| AMT (merged top 2) | 2 | 0.850 ± 0.071 |" in text
     assert "(ε 0.0, γ 0.0): query accuracy 0.600, 1.0 min" in text
+    assert "0.02 → 0.60" in text and "1/2 of the clean accuracy, 0.02 and 0.05." in text
 
 
 def test_the_multitask_command_is_the_whole_grid():

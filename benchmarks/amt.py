@@ -24,7 +24,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, add_precision_argument, machine_info, run_worker, save_cell, write_results  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS,
+    add_precision_argument,
+    machine_info,
+    recorded_cells,
+    run_worker,
+    save_cell,
+    write_results,
+)
 
 SOURCES = ["boolq", "obqa", "arc_e"]
 TARGET = "sst2"
@@ -197,15 +205,14 @@ def main() -> None:
         print(json.dumps(cell))
         return
     from polar_vbll.models.precision import resolved_name
+    from polar_vbll.outputs import OutputKind, prepare_output
 
     flags = [f"--shots={args.shots}", f"--pool-steps={args.pool_steps}", f"--fit-steps={args.fit_steps}"]
     flags += [f"--eval-limit={args.eval_limit}", f"--runs={args.runs}", f"--precision={args.precision}"]
     settings = {"shots": args.shots, "pool_steps": args.pool_steps, "fit_steps": args.fit_steps}
     settings |= {"eval_limit": args.eval_limit, "precision": resolved_name(args.precision)}
     path = RESULTS / "amt.json"
-    recorded = json.loads(path.read_text()) if path.exists() else {}
-    same = all(recorded.get(k) == v for k, v in settings.items())
-    data = {**settings, "seeds": args.seeds, "cells": recorded.get("cells", {}) if same else {}}
+    data = {**settings, "seeds": args.seeds, "cells": recorded_cells(path, settings)}
     cells = ["radii", "pool", "zero-shot", *(f"{m}|{s}" for s in args.seeds for m in METHODS)]
     for cell in cells:
         if cell != "radii" and "--epsilons" not in flags:  # every scored cell uses the radii chosen first
@@ -216,8 +223,6 @@ def main() -> None:
         elif cell not in data["cells"]:
             print(f"{cell} ...", flush=True)
             data["cells"][cell] = run_worker(__file__, *flags, "--worker", cell)
-            from polar_vbll.outputs import OutputKind, prepare_output
-
             prepare_output(folder, OutputKind.EVALUATION)
             save_cell(folder, data["cells"][cell])
             print(f"{cell}: {json.dumps(data['cells'][cell])}", flush=True)

@@ -106,6 +106,22 @@ def add_precision_argument(parser, what: str) -> None:
     )
 
 
+def recorded_cells(path: Path, settings: dict) -> dict:
+    """The cells of the results file ``path`` when it was written with the same ``settings``, else none: a rerun
+    of the same settings continues the table, other settings start a new one."""
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    return recorded.get("cells", {}) if all(recorded.get(k) == v for k, v in settings.items()) else {}
+
+
+def resumable_fit(out: Path, **options):
+    """``fit`` into ``out``: a killed fit there goes on from its checkpoint, anything else is trained anew."""
+    from polar_vbll.engine import fit
+
+    if (out / "checkpoint").is_dir() and not (out / "report.json").exists():
+        return fit(out=out, resume=True, progress=False)
+    return fit(out=out, overwrite=True, progress=False, **options)
+
+
 def save_cell(run: Path, cell: dict, *others: str) -> None:
     """Write a finished cell's ``cell.json`` into its run folder (a rerun skips the cell; the run folders are not
     committed), claimed with ``others`` in the folder's marker so that ``--overwrite`` removes them with the run."""

@@ -21,34 +21,36 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, add_precision_argument, machine_info, run_worker, save_cell, write_results  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS,
+    add_precision_argument,
+    machine_info,
+    recorded_cells,
+    resumable_fit,
+    run_worker,
+    save_cell,
+    write_results,
+)
 
 TASKS = ["sst2", "boolq", "wg_s", "wg_m", "arc_e", "arc_c", "obqa"]  # the bundled tasks with a training split
 
 
 def worker(args, task: str) -> dict:
-    from polar_vbll.engine import fit
-
     out = Path(args.runs) / task
     start = time.perf_counter()
-    if (out / "checkpoint").is_dir() and not (out / "report.json").exists():  # a killed fit goes on where it stopped
-        result = fit(out=out, resume=True, progress=False)
-    else:
-        result = fit(
-            out=out,
-            overwrite=True,
-            progress=False,
-            model=args.model,
-            task=task,
-            adapter="lora",
-            uq="map",
-            steps=args.steps,
-            batch_size=16,
-            seed=0,
-            eval_limit=args.eval_limit,
-            calibration_holdout=True,
-            precision=args.precision,
-        )
+    result = resumable_fit(
+        out,
+        model=args.model,
+        task=task,
+        adapter="lora",
+        uq="map",
+        steps=args.steps,
+        batch_size=16,
+        seed=0,
+        eval_limit=args.eval_limit,
+        calibration_holdout=True,
+        precision=args.precision,
+    )
     assert result.evaluation is not None
     labels = result.evaluation["labels"]
     majority = max(float((labels == k).mean()) for k in set(labels.tolist()))
@@ -110,9 +112,7 @@ def main() -> None:
     path = RESULTS / "learnable_tasks.json"
     settings = {"model": args.model, "steps": args.steps, "eval_limit": args.eval_limit}
     settings["precision"] = resolved_name(args.precision)
-    recorded = json.loads(path.read_text()) if path.exists() else {}
-    same = all(recorded.get(k) == v for k, v in settings.items())
-    data = {**settings, "margin": args.margin, "cells": recorded.get("cells", {}) if same else {}}
+    data = {**settings, "margin": args.margin, "cells": recorded_cells(path, settings)}
     for task in args.tasks:
         done = Path(args.runs) / task / "cell.json"
         if done.exists():

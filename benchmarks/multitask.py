@@ -24,7 +24,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, add_precision_argument, machine_info, run_worker, save_cell, write_results  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS,
+    add_precision_argument,
+    machine_info,
+    recorded_cells,
+    resumable_fit,
+    run_worker,
+    save_cell,
+    write_results,
+)
 
 TASKS = ["sst2", "boolq", "obqa"]
 ADAPTERS = {
@@ -39,30 +48,23 @@ ROWS.append("merge")
 
 
 def fit_row(args, head: str, name: str) -> dict:
-    from polar_vbll.engine import fit
-
     adapter, _, single = name.partition("-")
     tasks = [single] if single else TASKS
     out = Path(args.runs) / head / name
     start = time.perf_counter()
-    if (out / "checkpoint").is_dir() and not (out / "report.json").exists():  # a killed fit goes on where it stopped
-        result = fit(out=out, resume=True, progress=False)
-    else:
-        result = fit(
-            out=out,
-            overwrite=True,
-            progress=False,
-            model=args.model,
-            task=tasks,
-            adapter=ADAPTERS[adapter],
-            uq=HEADS[head],
-            steps=args.steps_per_task * len(tasks),
-            batch_size=args.batch_size,
-            seed=0,
-            eval_limit=args.eval_limit,
-            precision=args.precision,
-            zero_shot=head == "MAP" and bool(single),  # the untrained model once per task
-        )
+    result = resumable_fit(
+        out,
+        model=args.model,
+        task=tasks,
+        adapter=ADAPTERS[adapter],
+        uq=HEADS[head],
+        steps=args.steps_per_task * len(tasks),
+        batch_size=args.batch_size,
+        seed=0,
+        eval_limit=args.eval_limit,
+        precision=args.precision,
+        zero_shot=head == "MAP" and bool(single),  # the untrained model once per task
+    )
     reports = {t: r.report for t, r in result.tasks.items()} if result.tasks else {tasks[0]: result.report}
     keys = ("cls/acc", "cal/ece", "cls/nll", "unc/epistemic_mean")
     return {
@@ -234,9 +236,7 @@ def main() -> None:
     path = RESULTS / "multitask.json"
     settings = {"model": args.model, "steps_per_task": args.steps_per_task, "batch_size": args.batch_size}
     settings |= {"eval_limit": args.eval_limit, "precision": resolved_name(args.precision)}
-    recorded = json.loads(path.read_text()) if path.exists() else {}
-    same = all(recorded.get(k) == v for k, v in settings.items())
-    data = {**settings, "cells": recorded.get("cells", {}) if same else {}}
+    data = {**settings, "cells": recorded_cells(path, settings)}
     for row in [row for row in ROWS if row in args.rows]:
         done = Path(args.runs) / row.replace("|", "/") / "cell.json"
         if row != "merge" and done.exists():

@@ -2,7 +2,8 @@
 SST-2 (outside the sources, and the one task the zero-shot model answers above chance), against the zero-shot model,
 plain few-shot LoRA from scratch and the pool's unperturbed member alone (a LoRA meta-tuned without perturbation).
 
-Pool: 3 members, (ε, γ) = (0, 0), (0.02, 0.005), (0.05, 0.01); ``--pool-steps`` episodes each of 2 shots + 2
+Pool: 3 members, (ε, γ) = (0, 0), (ε₁, 0.005), (ε₂, 0.01) with ε₁ < ε₂ the two attack radii (``RADII``), so that each
+perturbed member is trained at one level the evaluation attacks with; ``--pool-steps`` episodes each of 2 shots + 2
 queries per class, r 8 on q_proj, v_proj, lr 1e-4. Target: ``--shots`` support examples per class drawn by the
 seed (3 seeds of episode sampling), then a MAP head and the adapter fitted ``--fit-steps`` steps on them (the adapter
 from scratch, from the unperturbed member, or from AMT's merge of the top 2 members). Scored on the first
@@ -75,8 +76,8 @@ def worker(args, cell: str) -> dict:
     runs, start = Path(args.runs), time.perf_counter()
     if cell == "pool":
         config = PoolConfig(
-            sources=SOURCES, epsilons=[0.0, 0.02, 0.05], gammas=[0.0, 0.005, 0.01], steps=args.pool_steps, shots=2,
-            queries=2, precision=args.precision,
+            sources=SOURCES, epsilons=[0.0, *args.epsilons], gammas=[0.0, 0.005, 0.01][: len(args.epsilons) + 1],
+            steps=args.pool_steps, shots=2, queries=2, precision=args.precision,
         )  # fmt: skip
         pool = build_pool(config, runs / "pool", progress=False)
         result = {"members": pool.log}
@@ -140,7 +141,7 @@ def markdown(data: dict) -> list[str]:
     lines = [
         "# AMT on SmolLM2-135M (dequantized 4-bit GGUF): pool on BoolQ + OBQA + ARC-E, few-shot SST-2",
         "",
-        f"Pool: 3 members (ε, γ) = (0, 0), (0.02, 0.005), (0.05, 0.01), {data['pool_steps']} episodes each; target "
+        f"Pool: one member per robustness level (ε, γ) below, {data['pool_steps']} episodes each; target "
         f"SST-2 with {data['shots']} support examples per class (seeds {', '.join(map(str, data['seeds']))}), "
         f"{data['fit_steps']} few-shot steps (MAP head, adapter lr 1e-4), {data['precision']}; the first "
         f"{data['eval_limit']} validation sentences, clean and under 3-step PGD on the input embeddings. Means over "

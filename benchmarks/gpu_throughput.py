@@ -1,15 +1,20 @@
 """GPU throughput: PoLAR-VBLL and LoRA-MAP training steps on a Llama-2-7B-shaped model with random weights (no
 download), bf16 base weights (adapters and head in fp32), batch 4 × 300 tokens: tokens/s and model-FLOPs
-utilization (MFU).
+utilization (MFU), on one GPU or data-parallel on N (``torchrun --nproc_per_node N benchmarks/gpu_throughput.py``:
+each process a GPU, gradients averaged by the all-reduce ``fit`` uses, tokens/s summed over the processes), with
+and without gradient checkpointing (``--gradient-checkpointing`` adds its rows).
 
 Model FLOPs per token (N = parameters of the decoder blocks, L layers, s tokens, d hidden size): an adapter step
 is a forward (2N + 4Lsd) plus a backward through the activations (2N + 8Lsd), as the frozen base weights get no
 gradient; a VBLL head-only step is a forward without a graph (2N + 4Lsd). Adapter and head FLOPs are left out.
 MFU = model FLOPs per second ÷ the device's dense bf16 peak. Steps come from the library (``build_components``,
 ``head.training_loss``, ``build_optimizer``), in ``fit``'s order of phases. Runs only where CUDA is present
-(``--device cpu --shape tiny`` checks the script). Writes ``benchmarks/results/gpu_throughput.{json,md}``.
+(``--device cpu --shape tiny`` checks the script, also under torchrun on gloo). A checkpointed step recomputes the
+forward in the backward pass: its MFU counts model FLOPs only, not the recomputation. Writes
+``benchmarks/results/gpu_throughput.{json,md}`` (the main process).
 
-    python benchmarks/gpu_throughput.py --steps 13 --warmup 3
+    python benchmarks/gpu_throughput.py --steps 13 --warmup 3 --gradient-checkpointing
+    torchrun --nproc_per_node 8 benchmarks/gpu_throughput.py --steps 13 --warmup 3 --gradient-checkpointing
 """
 
 from __future__ import annotations
@@ -64,9 +69,21 @@ def flops_per_token(model, seq_len: int) -> tuple[float, float]:
     return forward + 2 * n + 8 * layers * seq_len * d, forward
 
 
-def measure(method: str, shape: str, device: str, steps: int, warmup: int, batch: int, seq_len: int) -> dict:
+def measure(
+    method: str,
+    shape: str,
+    device: str,
+    steps: int,
+    warmup: int,
+    batch: int,
+    seq_len: int,
+    checkpointing: bool = False,
+) -> dict:
+    """Median step times of ``method`` per phase on this process's ``device``; under several processes each step's
+    gradients are averaged over them (:class:`~polar_vbll.distributed.Ranks`) and tokens/s counts every process."""
     from polar_vbll.adapters import adapter_parameters
     from polar_vbll.config import FitConfig
+    from polar_vbll.distributed import current_ranks
     from polar_vbll.engine.build import build_components
     from polar_vbll.engine.schedule import phase_of
     from polar_vbll.optim import build_optimizer
@@ -75,6 +92,9 @@ def measure(method: str, shape: str, device: str, steps: int, warmup: int, batch
     config = FitConfig(model=f"random-{shape}", task="boolq", adapter=adapter, uq=uq, batch_size=batch)
     backbone, task, head = build_components(config, random_backbone(shape, device, torch.bfloat16))
     head.to(device)
+    ranks = current_ranks()
+    if checkpointing:
+        backbone.enable_gradient_checkpointing()
     params = adapter_parameters(backbone.model)
     adapter_opt = build_optimizer(params, config.optimizer, lr=config.lr_adapter, weight_decay=0.0)
     head_opt = torch.optim.Adam(head.parameters(), lr=config.lr_head)
@@ -101,6 +121,7 @@ def measure(method: str, shape: str, device: str, steps: int, warmup: int, batch
         adapter_opt.zero_grad(set_to_none=True)
         head_opt.zero_grad(set_to_none=True)
         loss.backward()
+        ranks.mean_gradients_([*params, *head.parameters()])
         if phase in ("head", "joint"):
             head_opt.step()
         if phase in ("adapter", "joint"):
@@ -108,8 +129,8 @@ def measure(method: str, shape: str, device: str, steps: int, warmup: int, batch
         sync()
         if step >= warmup:
             times[phase].append(time.perf_counter() - start)
-    tokens = batch * seq_len
-    result = {"phases": {}}
+    tokens = batch * seq_len * ranks.size
+    result: dict = {"processes": ranks.size, "gradient_checkpointing": checkpointing, "phases": {}}
     for phase, values in times.items():
         if values:
             step_s = statistics.median(values)
@@ -140,33 +161,53 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=300)
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="measure each method with checkpointing too"
+    )
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak (default: known GPUs)")
     parser.add_argument("--out", default=str(RESULTS / "gpu_throughput"), help="JSON and Markdown path stem")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("gpu_throughput: no CUDA device here (use --device cpu --shape tiny to check the script)")
 
-    peak = peak_flops(args.device, args.peak_tflops)
+    from polar_vbll.distributed import current_ranks
+
+    ranks = current_ranks()
+    device = f"cuda:{ranks.rank % torch.cuda.device_count()}" if args.device == "cuda" else args.device
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    peak = peak_flops(device, args.peak_tflops)
     rows = {}
-    for method in METHODS:
-        rows[method] = measure(method, args.shape, args.device, args.steps, args.warmup, args.batch_size, args.seq_len)
-        rows[method]["mfu"] = rows[method]["flops_per_s"] / peak if peak else None
-        if args.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+    for checkpointing in (False, True) if args.gradient_checkpointing else (False,):
+        for method in METHODS:
+            name = method + (", checkpointed" if checkpointing else "")
+            rows[name] = measure(
+                method, args.shape, device, args.steps, args.warmup, args.batch_size, args.seq_len, checkpointing
+            )
+            rows[name]["mfu"] = rows[name]["flops_per_s"] / (peak * ranks.size) if peak else None
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    if not ranks.main:
+        return
     ref = rows["LoRA-MAP"]["tokens_per_s"]
     machine = machine_info()
+    launcher = f"torchrun --nproc_per_node {ranks.size}" if ranks.size > 1 else "python"
     command = (
-        f"python benchmarks/gpu_throughput.py --shape {args.shape} --device {args.device} --steps {args.steps} "
+        f"{launcher} benchmarks/gpu_throughput.py --shape {args.shape} --device {args.device} --steps {args.steps} "
         f"--warmup {args.warmup} --batch-size {args.batch_size} --seq-len {args.seq_len}"
+        + (" --gradient-checkpointing" if args.gradient_checkpointing else "")
     )
     lines = [
-        f"# Training throughput, {args.shape}-shaped random model, bf16, batch {args.batch_size} × {args.seq_len}",
+        f"# Training throughput, {args.shape}-shaped random model, bf16, batch {args.batch_size} × {args.seq_len} "
+        f"per device, {ranks.size} device(s)",
         "",
         f"Median step time after {args.warmup} warm-up steps ({args.steps} in all); PoLAR-VBLL alternates a "
         "head-only step and an adapter step (tokens/s over one cycle). Model FLOPs as in the script's docstring; "
-        + (f"MFU against a dense bf16 peak of {peak / 1e12:.1f} TFLOP/s." if peak else "MFU: no known peak."),
+        + (
+            f"MFU against a dense bf16 peak of {peak / 1e12:.1f} TFLOP/s per device." if peak else "MFU: no peak known."
+        ),
         "",
-        "| method | tokens/s | ÷ LoRA-MAP | MFU | phases: step s (tokens/s) | peak memory GiB |",
+        "| method | tokens/s | ÷ LoRA-MAP | MFU | phases: step s (tokens/s) | peak memory GiB per device |",
         "|---|---|---|---|---|---|",
     ]
     for method, row in rows.items():

@@ -120,7 +120,7 @@ def env(built, tmp_path, monkeypatch):
 
 def interrupt_at_step(env: Env, step: int) -> None:
     """Ctrl-C (KeyboardInterrupt) while the batch of ``step`` is being built."""
-    import polar_vbll.engine.loop as loop
+    import polar_vbll.engine.step as loop  # (where a step encodes its batches)
 
     calls = []
 

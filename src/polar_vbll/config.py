@@ -66,7 +66,24 @@ class FitConfig:
     )
     landing_lambda: float = _help("pull-back weight λ of the landing optimizer", 1.0)
     steps: int = _help("optimizer steps (each consumes one batch)", 200)
-    batch_size: int = _help("examples per step", 16)
+    batch_size: int = _help(
+        "examples per forward pass on each process; a step takes batch_size × processes × grad_accum", 16
+    )
+    grad_accum: int = _help(
+        "micro-batches each process accumulates per step (a resume on another number of processes adapts it to "
+        "keep the global batch)",
+        1,
+    )
+    global_batch_size: int | None = _help(
+        "examples per step over all processes and accumulation passes (default batch_size × processes × "
+        "grad_accum, recorded by the run; given, grad_accum follows from it)",
+        None,
+    )
+    gradient_checkpointing: bool = _help(
+        "recompute the backbone's activations in the backward pass instead of keeping them (less memory, ~1/3 more "
+        "compute)",
+        False,
+    )
     max_length: int = _help("token budget per prompt; longer prompts lose their start", DEFAULT_MAX_LENGTH)
     lr_adapter: float = _help("peak learning rate of the adapter", 1e-3)
     lr_head: float = _help("peak learning rate of the head", 1e-3)
@@ -225,6 +242,8 @@ class FitConfig:
                 f"{flags}: cannot change when resuming (the run's config.json fixes it); allowed: {allowed}"
             )
         changes = {k: v for k, v in changes.items() if v is not None}
+        if self.global_batch_size is None:  # a run from before global batches were recorded
+            changes["global_batch_size"] = self.batch_size * self.grad_accum
         if changes.get("steps", self.steps) != self.steps:
             if changes["steps"] < self.steps:
                 raise ConfigFieldError(
@@ -281,4 +300,8 @@ class FitConfig:
 
 
 # what `fit --resume` may change: how long to train (extending a finished run) and how it logs and evaluates
-RESUME_OPTIONS = ("steps", "checkpoint_every", "log_every", "eval_split", "eval_limit", "eval_batch_size")
+# (and how a step's global batch is cut into forward passes, which a new number of processes may need)
+RESUME_OPTIONS = (
+    *("steps", "checkpoint_every", "log_every", "eval_split", "eval_limit", "eval_batch_size"),
+    *("batch_size", "grad_accum"),
+)

@@ -65,10 +65,18 @@ def post_hoc_steps(given: list[str] | None, implied: tuple[str, ...], uq: str) -
 
 def check_ranges(config: FitConfig) -> None:
     """Refuse a numeric option of ``config`` out of its range, naming the field."""
-    for name in ("steps", "batch_size", "max_length", "eval_batch_size", "laplace_samples", "calibration_size"):
+    for name in (
+        "steps",
+        "batch_size",
+        "grad_accum",
+        "max_length",
+        "eval_batch_size",
+        "laplace_samples",
+        "calibration_size",
+    ):
         if getattr(config, name) < 1:
             raise ConfigFieldError("FitConfig", name, f"must be >= 1, got {getattr(config, name)}")
-    for name in ("train_limit", "eval_limit", "train_shots"):
+    for name in ("train_limit", "eval_limit", "train_shots", "global_batch_size"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigFieldError(
                 "FitConfig", name, f"must be >= 1 (leave it unset for all), got {getattr(config, name)}"

@@ -11,6 +11,7 @@ import numpy as np
 
 from .data import TaskSpec, get_task
 from .data.encoding import DEFAULT_MAX_LENGTH
+from .distributed import current_ranks
 from .engine.inference import predict, zero_shot_head
 from .errors import PolarVBLLError
 from .metrics import classification_metrics, selective_metrics
@@ -116,7 +117,8 @@ def evaluate(
     items = spec.load(split)[: limit or None]
     if isinstance(model, str):
         resolve_model(model)  # a missing model folder fails before the output folder is touched
-    if out is not None:
+    main = current_ranks().main  # under a launcher: every process scores its share, the main one writes
+    if out is not None and main:
         prepare_output(out, OutputKind.EVALUATION)
     start = time.perf_counter()
     backbone = model if isinstance(model, Backbone) else load_backbone(model)
@@ -145,7 +147,7 @@ def evaluate(
         },
         timings={"load_s": loaded - start, "score_s": scored - loaded},
     )
-    if out is not None:
+    if out is not None and main:
         if command is None:
             model_arg = model if isinstance(model, str) else backbone.name
             args = [

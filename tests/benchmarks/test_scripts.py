@@ -75,6 +75,22 @@ def test_gpu_throughput_step_runs_on_a_tiny_bf16_model(method):
     assert set(result["phases"]) == phases and result["tokens_per_s"] > 0 and result["flops_per_s"] > 0
 
 
+def test_gpu_throughput_runs_data_parallel_under_torchrun_with_checkpointing(tmp_path):
+    import os
+    import subprocess
+
+    script = Path(gpu_throughput.__file__)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    command += ["--device", "cpu", "--shape", "tiny", "--steps", "3", "--warmup", "1", "--batch-size", "2"]
+    command += ["--seq-len", "16", "--gradient-checkpointing", "--out", str(tmp_path / "gpu")]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "gpu.json").read_text())["rows"]
+    assert set(rows) == {"LoRA-MAP", "PoLAR-VBLL", "LoRA-MAP, checkpointed", "PoLAR-VBLL, checkpointed"}
+    assert all(row["processes"] == 2 for row in rows.values())
+    assert "torchrun --nproc_per_node 2" in (tmp_path / "gpu.md").read_text()
+
+
 def test_calibration_keeps_the_cells_recorded_with_the_same_profile_and_precision(tmp_path, monkeypatch):
     from dataclasses import asdict, replace
 

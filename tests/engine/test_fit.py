@@ -257,3 +257,15 @@ def test_post_hoc_laplace_changes_only_the_covariance(tiny_dir, task_dir, tmp_pa
     with pytest.raises(PolarVBLLError, match="last_layer_laplace refines VBLL's posterior"):
         FitConfig(uq="map", post_hoc=["last_layer_laplace"])
     assert FitConfig(uq="laplace", post_hoc=["temperature"]).post_hoc == ["laplace_lora", "temperature"]
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(tiny_dir, task_dir, tmp_path):
+    plain = fit(config(tiny_dir, task_dir, steps=3), tmp_path / "plain", progress=False)
+    checkpointed = fit(
+        config(tiny_dir, task_dir, steps=3, gradient_checkpointing=True), tmp_path / "ckpt", progress=False
+    )
+    assert (
+        checkpointed.backbone.model.is_activation_checkpointing and not plain.backbone.model.is_activation_checkpointing
+    )
+    a, b = (adapter_state_dict(run.backbone.model) for run in (plain, checkpointed))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -99,6 +99,13 @@ def fit_options(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+def _prints() -> bool:
+    """Whether this process prints a command's summary: the main one of several (accelerate launch, torchrun)."""
+    from ..distributed import current_ranks
+
+    return current_ranks().main
+
+
 def cmd_fit(args: argparse.Namespace) -> None:
     from ..engine import FitConfig, fit
     from ..fields import ConfigFieldError
@@ -122,6 +129,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
             result = fit(config, out=out, overwrite=args.overwrite, progress=not args.quiet, command=command)
     except ConfigFieldError as exc:  # a flag's value: name the flag, as the user typed it
         raise PolarVBLLError(f"{_flag_of(exc, overrides)}: {exc.detail}") from None
+    if not _prints():
+        return
     report = result.report
     _print_metrics(
         f"{report['task']} / {report['split']}: {report['n']} examples, "
@@ -185,6 +194,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             precision=args.precision,
             attack=attack,
         )
+        if not _prints():
+            return
         if "attack" in report:
             m, a = report["attack"]["metrics"], report["attack"]
             print(
@@ -221,6 +232,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         command=shlex.join(["polar-vbll", *args.argv]),
         precision=args.precision,
     )
+    if not _prints():
+        return
     print(
         f"\n{result.task} / {result.split}: {result.n} examples, model {result.model['name']}, "
         f"prompt {result.prompt_version}"

@@ -65,12 +65,14 @@ def interrupted_message(out: Path, step: int, checkpoint_step: int | None, confi
     )
 
 
-def resumed_config(out: Path, changes: dict) -> FitConfig:
-    """The config of the run in ``out`` with the changes a resume may make (more steps extend a finished run)."""
+def resumed_config(out: Path, changes: dict, write: bool = True) -> FitConfig:
+    """The config of the run in ``out`` with the changes a resume may make (more steps extend a finished run);
+    ``write``: repair a torn checkpoint swap and save the changed config (the main process of several only)."""
     open_run(out)
     path = out / "config.json"
     saved = FitConfig.from_dict(read_json(path, "run config"), path)
-    recover_directory(out / "checkpoint")  # a kill during a checkpoint swap leaves the previous one aside
+    if write:
+        recover_directory(out / "checkpoint")  # a kill during a checkpoint swap leaves the previous one aside
     if not (out / "checkpoint").is_dir():
         raise PolarVBLLError(f"{out}: no checkpoint/ to resume from")
     done = saved_step(out / "checkpoint")
@@ -79,7 +81,7 @@ def resumed_config(out: Path, changes: dict) -> FitConfig:
             f"{out}: stopped at step {done} of {saved.steps}; resume it without --steps first, then extend it"
         )
     config = saved.resumed(**changes)
-    if config != saved:
+    if config != saved and write:
         atomic_write_json(path, config.to_dict())
     return config
 

@@ -14,6 +14,7 @@ from ..adapters import adapter_diagnostics, count_trainable, save_adapter
 from ..atomic import atomic_write_json, atomic_write_text
 from ..config import FitConfig
 from ..data import TaskSpec
+from ..distributed import current_ranks
 from ..models import Backbone
 from ..outputs import OutputKind, claim, prepare_output
 from ..posthoc import PostHocContext, run_post_hoc
@@ -45,15 +46,17 @@ def finish_run(
 ) -> FitResult:
     """The post-hoc steps ``config`` lists (:mod:`polar_vbll.posthoc`), then save, evaluate and report into ``out``;
     ``zero_shot``: the untrained model's metrics on the same examples, reported beside (with a warning line when the
-    fine-tune is worse)."""
+    fine-tune is worse). Under several processes all compute, the main one writes."""
+    main = current_ranks().main
     start = time.perf_counter()
     trainable, total = count_trainable(backbone.model)
     context = PostHocContext(backbone, head, task, items, held_out, config)
     reported = run_post_hoc(config.post_hoc or [], context)
     post_hoc_s = time.perf_counter() - start
-    claim(out, "adapter", "head.safetensors")
-    save_adapter(backbone.model, out / "adapter")
-    save_head(head, out / "head.safetensors")
+    if main:
+        claim(out, "adapter", "head.safetensors")
+        save_adapter(backbone.model, out / "adapter")
+        save_head(head, out / "head.safetensors")
     evaluation = evaluate_components(backbone, head, task, config, limit=config.eval_limit, progress=progress)
     report = _run_report(config, backbone, task, evaluation, out, command, trainable, total, train_s, start_step)
     report.timings["post_hoc_s"] = post_hoc_s
@@ -63,7 +66,8 @@ def finish_run(
         warning = fine_tune_warning(zero_shot, report.metrics)
         if warning:
             report.sections["warning"] = warning
-    report.write(out, calibration_plots(evaluation))
+    if main:
+        report.write(out, calibration_plots(evaluation))
     return FitResult(out, report.to_dict(), config, backbone, head, task, evaluation)
 
 
@@ -82,6 +86,8 @@ def _run_report(config, backbone, task, evaluation, out, command, trainable, tot
         settings={
             "steps": config.steps,
             "batch_size": config.batch_size,
+            "global_batch_size": config.global_batch_size,
+            "processes": current_ranks().size,
             "max_length": config.max_length,
             "trainable_parameters": trainable,
             "total_parameters": total,
@@ -118,7 +124,9 @@ def finish_tasks(
         extra: dict = {"multi_task_run": str(out)} if lanes.multi else {}
         if lane.head.solve_every:
             extra["head_phase"] = head_phase(backbone, lane.head, lane.task, lane.items, lane.config, config.steps)
-        folder = _task_folder(out, lane) if lanes.multi else out
+        folder = (
+            (_task_folder(out, lane) if current_ranks().main else out / "tasks" / lane.name) if lanes.multi else out
+        )
         results[lane.name] = finish_run(
             lane.config,
             backbone,
@@ -138,7 +146,8 @@ def finish_tasks(
         return results[lanes.first.name]
     assert command is not None
     report = _tasks_report(config, lanes, {name: result.report for name, result in results.items()}, command)
-    report.write(out)
+    if current_ranks().main:
+        report.write(out)
     first = lanes.first
     return FitResult(out, report.to_dict(), config, backbone, first.head, first.task, tasks=results)
 

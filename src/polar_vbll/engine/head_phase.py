@@ -10,6 +10,7 @@ import torch
 
 from ..config import FitConfig
 from ..data import TaskSpec, encoded_batches
+from ..distributed import current_ranks
 from ..models import Backbone
 from ..uq import UQHead
 
@@ -19,18 +20,21 @@ def cached_features(
     backbone: Backbone, task: TaskSpec, items: list, max_length: int, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(features (M, d) fp32, labels (M,), choice masks (M, C)) of ``items`` in their order, the backbone in eval
-    mode and in its precision, batched by length."""
+    mode and in its precision, batched by length; under several processes each computes its own batches and all
+    receive every feature, the same as one process computes (:mod:`~polar_vbll.distributed`)."""
     was_training = backbone.training
     backbone.eval()
+    ranks = current_ranks()
     features = torch.zeros(len(items), backbone.hidden_size)
     labels = torch.zeros(len(items), dtype=torch.long)
     masks = torch.zeros(len(items), task.num_classes, dtype=torch.bool)
-    for idx, batch in encoded_batches(backbone.tokenizer, task, items, max_length, batch_size):
-        features[idx] = backbone.features(batch["input_ids"], batch["attention_mask"])
+    for number, (idx, batch) in enumerate(encoded_batches(backbone.tokenizer, task, items, max_length, batch_size)):
         labels[idx] = batch["labels"]
         masks[idx] = batch["choice_mask"]
+        if ranks.owns(number):
+            features[idx] = backbone.features(batch["input_ids"], batch["attention_mask"])
     backbone.train(was_training)
-    return features, labels, masks
+    return ranks.gather_rows(features), labels, masks
 
 
 def buffer_items(items: list, size: int, seed: int, step: int) -> list:

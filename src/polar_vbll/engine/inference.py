@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..config import FitConfig
 from ..data import TaskSpec, encoded_batches, label_token_ids
+from ..distributed import Ranks, current_ranks
 from ..metrics import classification_metrics, criterion_scores, selective_metrics
 from ..models import Backbone
 from ..uq import UQHead, uncertainty_decomposition
@@ -39,14 +40,19 @@ def predict(
     padding_side: str = "right",
     desc: str = "evaluating",
     attack: EmbeddingAttack | None = None,
+    ranks: Ranks | None = None,
 ) -> dict:
     """Probabilities (N, C), per-example total / aleatoric / epistemic uncertainty and the ID score of every OOD
     criterion the head supports (``scores``), in data order; with ``return_logits`` the logit samples (N, S, C);
     ``prompts``: how many prompts lost their start to ``max_length`` and their mean length in tokens. ``attack``:
-    each batch's prompts attacked first (:mod:`~polar_vbll.engine.attack`)."""
+    each batch's prompts attacked first (:mod:`~polar_vbll.engine.attack`).
+
+    Batch b draws its samples from a generator seeded by (``seed``, b), and under several processes (``ranks``,
+    default: the launcher's) each computes its own batches and all receive the whole result: the same numbers
+    whatever the number of processes (:mod:`~polar_vbll.distributed`)."""
     backbone.eval()
     head.eval()
-    generator = torch.Generator().manual_seed(seed)
+    ranks = current_ranks() if ranks is None else ranks
     stats: dict = {}
     batches = encoded_batches(
         backbone.tokenizer, task, items, max_length, batch_size, padding_side=padding_side, stats=stats
@@ -54,8 +60,11 @@ def predict(
     out: dict = {k: np.zeros(len(items)) for k in ("total", "aleatoric", "epistemic")}
     out["probs"] = np.zeros((len(items), task.num_classes))
     scores: dict[str, np.ndarray] = {}
-    bar = tqdm(total=len(items), desc=desc, unit="ex", disable=not progress)
-    for idx, batch in batches:
+    bar = tqdm(total=len(items), desc=desc, unit="ex", disable=not progress or not ranks.main)
+    for number, (idx, batch) in enumerate(batches):
+        if not ranks.owns(number):
+            continue
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + number)
         with attack.applied(backbone, head, batch) if attack is not None else nullcontext():
             probs, logits = head.predict_batch(backbone, batch, n_samples, generator)
         out["probs"][idx] = probs.double().numpy()
@@ -67,7 +76,18 @@ def predict(
             scores.setdefault(key, np.zeros(len(items)))[idx] = value
         bar.update(len(idx))
     bar.close()
-    out["scores"] = scores
+    if ranks.size > 1:  # a process may have had no batch: it learns the shapes of what it did not compute
+        own = {"scores": sorted(scores), "logits": list(out["logits"].shape) if "logits" in out else None}
+        every = ranks.all_objects(own)
+        shape = next((o["logits"] for o in every if o["logits"] is not None), None)
+        if return_logits and shape is not None and "logits" not in out:
+            out["logits"] = np.zeros(shape)
+        for key in sorted({key for o in every for key in o["scores"]}):
+            scores.setdefault(key, np.zeros(len(items)))
+    for key in ("total", "aleatoric", "epistemic", "probs", *(("logits",) if "logits" in out else ())):
+        out[key] = ranks.gather_rows(out[key])
+    order = sorted(scores) if ranks.size > 1 else scores  # every process reduces the keys in the same order
+    out["scores"] = {key: ranks.gather_rows(scores[key]) for key in order}
     out["prompts"] = stats
     return out
 

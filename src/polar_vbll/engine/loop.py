@@ -23,7 +23,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapters import (
-    adapter_auxiliary_loss,
     adapter_diagnostics,
     adapter_parameters,
     adapters_on_step,
@@ -31,7 +30,8 @@ from ..adapters import (
 )
 from ..atomic import atomic_write_json
 from ..config import FitConfig
-from ..data import encoded_batches, get_task
+from ..data import get_task
+from ..distributed import current_ranks
 from ..errors import PolarVBLLError
 from ..models import Backbone, resolve_model
 from ..models.precision import resolved_name
@@ -52,6 +52,7 @@ from .finish import finish_tasks
 from .multitask import TaskLanes
 from .result import FitResult
 from .schedule import batch_indices, phase_of, warmup_linear
+from .step import train_step, with_global_batch
 from .zero_shot import ZERO_SHOT_FILE
 
 StepCallback = Callable[[int, dict], None]
@@ -81,17 +82,30 @@ def fit(
     ``resume=True`` continues from ``out/checkpoint`` with the config saved there and ends with the same final
     state as an uninterrupted run; ``overwrite=True`` deletes an existing run in ``out`` first.
     ``callbacks`` are called as ``callback(step, logs)`` after every step.
+
+    Under a launcher (``accelerate launch``, ``torchrun``) every process runs ``fit`` on its share of each step
+    (:mod:`~polar_vbll.engine.step`); the main process alone writes the run folder, and a run resumes on any number
+    of processes.
     """
     out = Path(out)
+    ranks = current_ranks()
     if resume:
-        config = resumed_config(out, overrides)
+        config = resumed_config(out, overrides) if ranks.main else None
     else:
         config = config or FitConfig.from_dict(overrides)
         _check_inputs(config)  # before --overwrite removes anything
-        prepare_output(out, OutputKind.RUN, overwrite=overwrite)
+        if ranks.main:
+            prepare_output(out, OutputKind.RUN, overwrite=overwrite)
+    ranks.barrier()  # the main process has prepared the run folder (or repaired a torn checkpoint swap)
+    if config is None:
+        config = resumed_config(out, overrides, write=False)
+    config = with_global_batch(config, ranks.size)
+    global_batch = config.batch_size * ranks.size * config.grad_accum  # = config.global_batch_size
     backbone, task, head = build_components(config.for_task(config.task_names[0]), backbone)
     if config.precision != backbone.precision or config.base_dtype is None:  # the run records what it computes in
         config = replace(config, precision=resolved_name(backbone.precision), base_dtype=base_dtype(config, backbone))
+    if config.gradient_checkpointing:
+        backbone.enable_gradient_checkpointing()
     lanes = TaskLanes(config, backbone, task, head)
     heads = lanes.heads()
     adapter_params = adapter_parameters(backbone.model)
@@ -116,17 +130,29 @@ def fit(
     if resume:
         start_step, state = load_checkpoint(out / "checkpoint", backbone, heads, optimizers)
         lanes.load_state_dict(state)
-        truncate_log(out / "train_log.jsonl", start_step)
+        if ranks.main:
+            truncate_log(out / "train_log.jsonl", start_step)
+            atomic_write_json(out / "config.json", config.to_dict())  # a new number of processes: its accumulation
     else:
-        claim(out, "config.json", "train_log.jsonl", "checkpoint", ZERO_SHOT_FILE)
-        atomic_write_json(out / "config.json", config.to_dict())
-        (out / "train_log.jsonl").write_text("", encoding="utf-8")
+        if ranks.main:
+            claim(out, "config.json", "train_log.jsonl", "checkpoint", ZERO_SHOT_FILE)
+            atomic_write_json(out / "config.json", config.to_dict())
+            (out / "train_log.jsonl").write_text("", encoding="utf-8")
         if config.zero_shot:  # before the first step every adapter is the identity: this is the zero-shot model
-            atomic_write_json(out / ZERO_SHOT_FILE, lanes.zero_shot(backbone))
+            metrics = lanes.zero_shot(backbone)  # (every process evaluates its share)
+            if ranks.main:
+                atomic_write_json(out / ZERO_SHOT_FILE, metrics)
+    if ranks.rank > 0:  # stochastic training (dropout, BLoB's noise) draws differently on each process
+        torch.manual_seed(config.seed * 1_000_003 + ranks.rank)
+    ranks.barrier()  # what the main process wrote is there for the others
     zero_shot = read_json(out / ZERO_SHOT_FILE, "zero-shot metrics") if (out / ZERO_SHOT_FILE).is_file() else None
     checkpoint_step = start_step if resume else None
     bar = tqdm(
-        range(start_step, config.steps), initial=start_step, total=config.steps, desc="fit", disable=not progress
+        range(start_step, config.steps),
+        initial=start_step,
+        total=config.steps,
+        desc="fit",
+        disable=not progress or not ranks.main,
     )
     train_start = time.perf_counter()
     step = start_step
@@ -138,12 +164,7 @@ def fit(
             lane, local_step = lanes.at(step, config.steps)
             backbone.train()
             heads.train()
-            idx = batch_indices(local_step, config.batch_size, len(lane.items), config.seed)
-            chosen = [lane.items[i] for i in idx]
-            encoded = encoded_batches(
-                backbone.tokenizer, lane.task, chosen, config.max_length, len(idx), sort_by_length=False
-            )
-            _, batch = next(encoded)
+            idx = batch_indices(local_step, global_batch, len(lane.items), config.seed)
             phase = "adapter" if solve_every else phase_of(step, config)
             if tuner is not None:
                 tuner.on_step(step, adapter_opt)
@@ -152,37 +173,24 @@ def fit(
             for optimizer in optimizers:
                 for group in optimizer.param_groups:
                     group["lr"] = group["initial_lr"] * factor
-            loss, terms, point, features = lane.head.training_loss(backbone, batch, train_backbone=phase != "head")
-            auxiliary = adapter_auxiliary_loss(backbone.model) if phase != "head" else None
-            if auxiliary is not None:  # e.g. iLoRA's load balancing
-                loss = loss + auxiliary
-                terms = {**terms, "adapter_aux": auxiliary.item()}
-            if lane.retain is not None and features is not None:  # EMTAL's quality retaining (earlier teachers)
-                retained = lane.retain.loss(
-                    idx, lane.head.point_logits(features, batch["choice_mask"]), batch["choice_mask"]
-                )
-                lane.retain.update(idx, point, batch["labels"], batch["choice_mask"])
-                if retained is not None:
-                    loss = loss + retained
-                    terms = {**terms, "quality_retaining": retained.item()}
-            if lane.recent is not None and features is not None:
-                lane.recent.add(features.detach(), batch["labels"], batch["choice_mask"])
             adapter_opt.zero_grad(set_to_none=True)
             head_opt.zero_grad(set_to_none=True)
-            loss.backward()
+            outcome = train_step(backbone, lane, idx, config, phase, ranks)
+            ranks.mean_gradients_([*adapter_params, *heads.parameters()])
             if phase in ("head", "joint"):
                 _clip(lane.head.parameters(), config.grad_clip)
                 head_opt.step()
             if phase in ("adapter", "joint"):
                 _clip(adapter_params, config.grad_clip)
                 adapter_opt.step()
-            hits = int((point.argmax(-1) == batch["labels"]).sum())
-            lane.correct, lane.seen = lane.correct + hits, lane.seen + len(idx)
+            lane.head.on_optimizer_step()
+            lane.correct, lane.seen = lane.correct + outcome.hits, lane.seen + len(idx)
+            loss, terms = outcome.loss, outcome.terms
             logs = {
                 "step": step + 1,
                 **({"task": lane.name} if lanes.multi else {}),
                 "phase": phase,
-                "loss": loss.item(),
+                "loss": loss,
                 **terms,
                 "acc_running": lane.correct / lane.seen,
                 "lr_adapter": config.lr_adapter * factor,
@@ -191,17 +199,19 @@ def fit(
             }
             if config.log_every and (step + 1) % config.log_every == 0:
                 logs.update(adapter_diagnostics(backbone.model))
-            with (out / "train_log.jsonl").open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(logs) + "\n")
+            if ranks.main:
+                with (out / "train_log.jsonl").open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(logs) + "\n")
             bar.set_postfix(
-                loss=f"{loss.item():.3f}",
+                loss=f"{loss:.3f}",
                 **({"task": lane.name} if lanes.multi else {}),
                 acc=f"{lane.correct / lane.seen:.3f}",
                 phase=phase,
                 **{key: f"{value:.3g}" for key, value in terms.items()},
             )
             if (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0) or step + 1 == config.steps:
-                save_checkpoint(out / "checkpoint", step + 1, backbone, heads, optimizers, lanes.state_dict())
+                if ranks.main:
+                    save_checkpoint(out / "checkpoint", step + 1, backbone, heads, optimizers, lanes.state_dict())
                 checkpoint_step = step + 1
             for callback in callbacks:
                 callback(step + 1, logs)

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..data import get_task
+from ..distributed import current_ranks
 from ..errors import PolarVBLLError
 from ..metrics import ood_metrics
 from ..outputs import OutputKind, prepare_output
@@ -37,11 +38,13 @@ def evaluate_run(
     (ARC has 3-5 under an OBQA-trained 4-class head), the items with too many choices are dropped and counted.
     ``precision``: compute in ``fp32``, ``bf16`` or ``auto`` (default: the precision the run trained in).
     ``attack``: score the same examples again under an adversarial attack (:mod:`~polar_vbll.engine.attack`); the
-    report's ``attack`` section holds the robust metrics beside the clean ones.
+    report's ``attack`` section holds the robust metrics beside the clean ones. Under several processes the report is
+    the one a single process writes (:func:`~polar_vbll.engine.inference.predict`).
     """
     if limit is not None and limit < 1:
         raise PolarVBLLError(f"limit: must be >= 1 (leave it unset for all), got {limit}")
-    if out is not None:
+    main = current_ranks().main  # under a launcher: every process scores its share, the main one writes
+    if out is not None and main:
         prepare_output(out, OutputKind.EVALUATION)
     saved, recorded_report = read_run(Path(run_dir))
     if len(saved.task_names) > 1:  # a multi-task run: the run of the task named
@@ -110,6 +113,6 @@ def evaluate_run(
         images["ood_roc"] = plots.roc_curves(
             evaluation["scores"][best], {n: sc[best] for n, sc in ood_scores.items()}, best
         )
-    if out is not None:
+    if out is not None and main:
         report.write(out, images)
     return report.to_dict()

@@ -84,6 +84,15 @@ class Backbone(nn.Module):
                 if module.bias is not None and not module.bias.requires_grad:
                     module.bias.data = module.bias.data.to(target)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each decoder layer's activations in the backward pass (transformers' non-reentrant
+        checkpointing, active in training mode): the same gradients for less memory."""
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:  # transformers before the rename
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
     @property
     def hidden_size(self) -> int:
         return self.model.config.hidden_size

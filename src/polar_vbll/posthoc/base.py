@@ -31,11 +31,15 @@ class PostHocContext:
     held_out: list
     config: FitConfig
 
-    def training_sample(self) -> list[dict]:
-        """Batches of a seeded random subset (``laplace_samples``) of the training examples."""
+    def training_sample_items(self) -> list:
+        """A seeded random subset (``laplace_samples``) of the training examples."""
         generator = torch.Generator().manual_seed(self.config.seed)
         order = torch.randperm(len(self.items), generator=generator)[: self.config.laplace_samples]
-        return self.batches([self.items[i] for i in order.tolist()])
+        return [self.items[i] for i in order.tolist()]
+
+    def training_sample(self) -> list[dict]:
+        """:meth:`training_sample_items` in evaluation batches."""
+        return self.batches(self.training_sample_items())
 
     def anchor_batches(self) -> list[dict]:
         """Batches of the held-out training examples when the run holds some out, else :meth:`training_sample`:

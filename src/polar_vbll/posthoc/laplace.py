@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
+from ..engine.head_phase import cached_features
 from .base import POST_HOC, PostHocContext, PostHocStep
 
 
@@ -12,15 +11,13 @@ class LastLayerLaplace(PostHocStep):
     """Replace the head's posterior covariance by the Laplace one at its mean, on features of a seeded training
     subset (``laplace_samples``) standing for all training examples (``head.laplace_``; VBLL)."""
 
-    @torch.no_grad()
     def fit(self, context: PostHocContext) -> dict:
-        backbone = context.backbone
-        backbone.eval()
-        batches = context.training_sample()
-        features = [backbone.features(b["input_ids"], b["attention_mask"]) for b in batches]
-        labels = torch.cat([b["labels"] for b in batches])
-        masks = torch.cat([b["choice_mask"] for b in batches])
-        context.head.laplace_(torch.cat(features), labels, masks, n_total=len(context.items))
+        config = context.config
+        items = context.training_sample_items()
+        features, labels, masks = cached_features(
+            context.backbone, context.task, items, config.max_length, config.eval_batch_size
+        )  # (shared out over the processes of a run)
+        context.head.laplace_(features, labels, masks, n_total=len(context.items))
         return {}
 
 

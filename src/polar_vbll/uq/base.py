@@ -112,6 +112,10 @@ class UQHead(nn.Module, abc.ABC):
             point = self.point_logits(features.detach(), batch["choice_mask"])
         return TrainingStep(loss, terms, point, features.float())
 
+    def on_optimizer_step(self) -> None:
+        """Called once after each training step's updates (a step may take several forward passes: processes,
+        gradient accumulation), for heads that count steps."""
+
     @torch.no_grad()
     def predict_batch(
         self, backbone, batch: dict, n_samples: int, generator: torch.Generator | None = None

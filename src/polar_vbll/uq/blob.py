@@ -131,10 +131,12 @@ class BlobHead(PointHead):
         step = super().training_loss(backbone, batch, train_backbone)
         weight = self.kl_weight(int(self.blob_step))
         kl = self.kl_divergence()
-        self.blob_step += 1
         return step._replace(
             loss=step.loss + weight * kl.float(), terms={**step.terms, "kl": kl.item(), "kl_weight": weight}
         )
+
+    def on_optimizer_step(self) -> None:
+        self.blob_step += 1  # the KL weight's position in the epoch, per step whatever its forward passes
 
     def backbone_passes(self) -> int:
         return max(1, self.samples)
@@ -163,7 +165,9 @@ UQ_METHODS.register(
     "blob",
     UQMethod(
         "BLoB: Gaussian posterior on the adapter's A (PoLAR: Θ) with flipout, KL to N(0, 0.2²), samples passes",
-        lambda init_weight, n_train, options, fit: BlobHead(init_weight, n_train, fit.batch_size, options.samples),
+        lambda init_weight, n_train, options, fit: BlobHead(
+            init_weight, n_train, fit.global_batch_size or fit.batch_size, options.samples
+        ),
         BlobConfig,
         requires=lambda options: frozenset({Capability.GAUSSIAN_FACTOR}),
     ),

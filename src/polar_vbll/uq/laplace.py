@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 
 from ..adapters.capabilities import Capability
+from ..distributed import current_ranks
 from ..errors import PolarVBLLError
 from ..fields import MethodConfig
 from ..fields import help_field as _help
@@ -126,13 +127,16 @@ class LaplaceHead(PointHead):
         return features
 
     def post_hoc(self, backbone, batches: Iterable[dict], n_total: int) -> dict:
-        """Fit the K-FAC factors on ``batches`` (examples standing for ``n_total``) and the prior precision."""
+        """Fit the K-FAC factors on ``batches`` (examples standing for ``n_total``) and the prior precision; under
+        several processes each sums the factors of its own batches, and the sums are added up over them."""
+        ranks = current_ranks()
         backbone.eval()
         sums_a: dict[str, torch.Tensor | float] = {k: 0.0 for k in self._maps}  # 0.0 + the first sum is exact
         sums_g: dict[str, torch.Tensor | float] = {k: 0.0 for k in self._maps}
         tokens = {k: 0.0 for k in self._maps}
         seen = 0
-        for batch in (part for whole in batches for part in _split(whole, self.chunk_size)):
+        own = (whole for number, whole in enumerate(batches) if ranks.owns(number))
+        for batch in (part for whole in own for part in _split(whole, self.chunk_size)):
             mask = batch["attention_mask"].float()
             features = self._forward_capture(backbone, batch)
             with torch.enable_grad():
@@ -152,6 +156,8 @@ class LaplaceHead(PointHead):
                 tokens[key] += float(mask.sum()) if a.shape[0] == mask.numel() else a.shape[0]
             seen += batch["input_ids"].shape[0]
             del features  # its graph would otherwise live through the next batch's forward
+        if ranks.size > 1:
+            seen = self._summed_over(ranks, sums_a, sums_g, tokens, seen)
         if seen == 0:
             raise PolarVBLLError("laplace: no examples to fit the posterior on")
         norm2, count, pairs = 0.0, 0, []
@@ -171,6 +177,17 @@ class LaplaceHead(PointHead):
             best = grid[int(log_z.argmax())]
             self.prior_precision.fill_(float(best))
         return {"prior_precision": float(best), "parameters": count, "examples": seen}
+
+    def _summed_over(self, ranks, sums_a: dict, sums_g: dict, tokens: dict, seen: int) -> int:
+        """The factor sums and counts of every process, added up in place (a process may have had no batch)."""
+        for key in self._maps:
+            size_a, size_g = getattr(self, f"{key}__eig_a").numel(), getattr(self, f"{key}__eig_g").numel()
+            sums_a[key] = ranks.sum_(torch.zeros(size_a, size_a) + sums_a[key])
+            sums_g[key] = ranks.sum_(torch.zeros(size_g, size_g) + sums_g[key])
+        counts = ranks.sum_(torch.tensor([*(tokens[key] for key in self._maps), seen], dtype=torch.float64))
+        for key, count in zip(self._maps, counts[:-1].tolist(), strict=True):
+            tokens[key] = count
+        return int(counts[-1])
 
     def logit_covariance(self, backbone, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(f* (B, C), Σ_f = J Σ Jᵀ (B, C, C)) of the linearized model."""

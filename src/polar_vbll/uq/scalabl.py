@@ -106,7 +106,9 @@ UQ_METHODS.register(
     UQMethod(
         "ScalaBL: Gaussian posterior on the r row norms of the adapter's A (PoLAR: Θ), r standard deviations per "
         "layer, KL to N(0, I) with BLoB's reweighting, samples passes",
-        lambda init_weight, n_train, options, fit: ScalaBLHead(init_weight, n_train, fit.batch_size, options.samples),
+        lambda init_weight, n_train, options, fit: ScalaBLHead(
+            init_weight, n_train, fit.global_batch_size or fit.batch_size, options.samples
+        ),
         ScalaBLConfig,
         requires=lambda options: frozenset({Capability.GAUSSIAN_FACTOR}),
     ),

@@ -4,7 +4,17 @@ PoLAR adapters feed a variational Bayesian last layer; calibration and OOD metri
 """
 
 from .data import get_task, list_tasks
-from .engine import FitConfig, FitResult, Predictions, evaluate_run, fit, load_run, predict_run, refine
+from .engine import (
+    FitConfig,
+    FitResult,
+    Predictions,
+    conformalize_run,
+    evaluate_run,
+    fit,
+    load_run,
+    predict_run,
+    refine,
+)
 from .errors import PolarVBLLError
 from .evaluation import EvalResult, evaluate
 from .models import load_backbone, prepare_embedded
@@ -15,6 +25,7 @@ __all__ = [
     "FitResult",
     "PolarVBLLError",
     "Predictions",
+    "conformalize_run",
     "evaluate",
     "evaluate_run",
     "fit",

@@ -41,6 +41,7 @@ def test_where_nothing_can_be_certified_every_question_is_abstained_on():
     abstention = calibrate_abstention(probs, labels, 0.05, 0.1)
     assert abstention.threshold == math.inf and not abstention.answers(probs).any()
     assert (abstention.calibration_coverage, abstention.calibration_risk) == (0.0, 0.0)
+    assert abstention.to_dict()["threshold"] is None and Abstention.from_dict(abstention.to_dict()) == abstention
 
 
 def test_the_calibration_figures_are_those_of_the_threshold_and_it_round_trips():

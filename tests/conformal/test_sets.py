@@ -75,6 +75,7 @@ def test_the_threshold_is_the_conformal_order_statistic_and_inf_when_too_few_exa
     assert conformal.threshold == np.sort(1 - probs[np.arange(99), labels])[rank - 1] and conformal.n_calibration == 99
     tiny = calibrate_sets(probs[:5], labels[:5], 0.1, "lac")  # ⌈6 × 0.9⌉ = 6 > 5: every class, always
     assert tiny.threshold == math.inf and tiny.sets(probs).all()
+    assert tiny.to_dict()["threshold"] is None and ConformalSets.from_dict(tiny.to_dict()) == tiny
 
 
 @pytest.mark.parametrize("method", list(SetMethod))

@@ -1,5 +1,5 @@
-"""Command line: ``polar-vbll data | models | fit | refine | evaluate | report | export-lora | amt``; every failure
-ends in one line on stderr (``main``)."""
+"""Command line: ``polar-vbll data | models | fit | refine | evaluate | report | export-lora | amt | conformal``;
+every failure ends in one line on stderr (``main``)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from .commands import (
     cmd_refine,
     cmd_report,
 )
+from .decisions import add_conformal_parser
 from .flags import add_dataclass_flags, add_fit_parser
 
 __all__ = ["OneLineParser", "build_parser", "main", "positive_int"]
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
     add_amt_parser(sub, positive_int)
+    add_conformal_parser(sub, positive_int)
     return parser
 
 

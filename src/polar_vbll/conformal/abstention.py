@@ -45,11 +45,13 @@ class Abstention:
         return np.asarray(probs).max(1) >= self.threshold
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """As JSON: an infinite threshold (abstain everywhere) is null."""
+        return {**asdict(self), "threshold": self.threshold if math.isfinite(self.threshold) else None}
 
     @classmethod
     def from_dict(cls, data: dict) -> Abstention:
-        return cls(**{key: data[key] for key in cls.__dataclass_fields__})
+        values = {key: data[key] for key in cls.__dataclass_fields__}
+        return cls(**{**values, "threshold": math.inf if values["threshold"] is None else float(values["threshold"])})
 
 
 def selective_risk(probs: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float, float]:

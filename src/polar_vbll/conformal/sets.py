@@ -60,12 +60,14 @@ class ConformalSets:
         return chosen
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "method": self.method.value}
+        """As JSON: an infinite threshold (every class in every set) is null."""
+        threshold = self.threshold if math.isfinite(self.threshold) else None
+        return {**asdict(self), "method": self.method.value, "threshold": threshold}
 
     @classmethod
     def from_dict(cls, data: dict) -> ConformalSets:
-        method, alpha, threshold = SetMethod(data["method"]), float(data["alpha"]), float(data["threshold"])
-        return cls(method, alpha, threshold, int(data["n_calibration"]))
+        threshold = math.inf if data["threshold"] is None else float(data["threshold"])
+        return cls(SetMethod(data["method"]), float(data["alpha"]), threshold, int(data["n_calibration"]))
 
 
 def calibrate_sets(
@@ -85,6 +87,11 @@ def calibrate_sets(
         _given_probabilities(probs.shape[1]), confidence_level=1 - alpha, conformity_score=method.value, prefit=True,
         random_state=seed,
     )  # fmt: skip
+    if method is not SetMethod.LAC and len(np.unique(labels)) <= 2:
+        raise PolarVBLLError(
+            f"--method {method.value}: MAPIE scores two-class calibration labels with lac only (for two classes APS "
+            "adds nothing over it); use --method lac"
+        )
     classifier.conformalize(probs, labels)
     scores = np.sort(np.asarray(classifier.conformity_scores, dtype=np.float64).ravel())
     rank = math.ceil((1 - alpha) * (len(scores) + 1))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..conformal import stored_decisions
 from ..data import MCItem, get_task
 from ..data.loaders import generic_item
 from ..errors import PolarVBLLError
@@ -26,6 +27,10 @@ class Predictions:
     uncertainty: dict[str, np.ndarray]  # "total" = "aleatoric" + "epistemic" entropy in nats, each (N,)
     scores: dict[str, np.ndarray]  # in-distribution score (higher = more ID) of each OOD criterion, each (N,)
     label_words: list[str]
+    #: with the run's stored decisions (``polar-vbll conformal``): each question's conformal set (N, C) bool and
+    #: whether it is answered (N,) bool, the others abstained on
+    sets: np.ndarray | None = None
+    answered: np.ndarray | None = None
 
     @property
     def predicted(self) -> np.ndarray:
@@ -72,6 +77,9 @@ class Predictions:
                 "confidence": float(self.confidence[i]),
                 **{k: float(v[i]) for k, v in self.uncertainty.items()},
             }
+            if self.sets is not None and self.answered is not None:
+                row["set"] = ", ".join(choice(item, int(k)) for k in np.flatnonzero(self.sets[i][: len(item.choices)]))
+                row["abstain"] = not bool(self.answered[i])
             if item.answer >= 0:
                 row["answer"] = choice(item, item.answer)
             rows.append(row)
@@ -139,4 +147,8 @@ def predict_with(
         progress=progress,
     )
     uncertainty = {k: out[k] for k in ("total", "aleatoric", "epistemic")}
-    return Predictions(list(items), out["probs"], uncertainty, out["scores"], spec.label_words())
+    predictions = Predictions(list(items), out["probs"], uncertainty, out["scores"], spec.label_words())
+    decisions = stored_decisions(run.out) if run.out is not None else None
+    if decisions is not None:
+        predictions.sets, predictions.answered = decisions[0].sets(out["probs"]), decisions[1].answers(out["probs"])
+    return predictions

@@ -1,0 +1,74 @@
+"""``polar-vbll conformal RUN``: prediction sets and abstention at a certified risk, calibrated on examples the run
+did not train on and stored in the run."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+
+def add_conformal_parser(sub, positive_int) -> None:
+    p = sub.add_parser(
+        "conformal",
+        help="calibrate conformal prediction sets and a risk-bounded abstention threshold for a run (conformal.json)",
+    )
+    p.add_argument("run_dir", help="a run folder written by fit")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.1,
+        help="miscoverage of the sets, and the error bound among answered questions (default %(default)s)",
+    )
+    p.add_argument("--method", choices=["lac", "aps"], default="lac", help="set score (default %(default)s)")
+    p.add_argument(
+        "--delta",
+        type=float,
+        default=0.1,
+        help="the abstention's bound holds with probability >= 1 - delta (default %(default)s)",
+    )
+    p.add_argument(
+        "--calibration-split",
+        help="calibrate on this split of the run's task (default: the training examples the run held out, "
+        "--calibration-holdout)",
+    )
+    p.add_argument("--eval-split", help="split to measure coverage and risk on (default: the run's evaluation split)")
+    p.add_argument("--limit", type=positive_int, help="measure on the first N examples only")
+    p.add_argument(
+        "--fwer",
+        choices=["fixed_sequence", "bonferroni_holm"],
+        default="fixed_sequence",
+        help="family-wise error control of Learn then Test (default %(default)s)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_conformal)
+
+
+def cmd_conformal(args: argparse.Namespace) -> None:
+    from ..distributed import current_ranks
+    from ..engine.decisions import conformalize_run
+
+    record = conformalize_run(
+        args.run_dir, args.alpha, args.method, args.delta, args.calibration_split, args.eval_split, args.limit,
+        args.fwer, progress=not args.quiet, command=shlex.join(["polar-vbll", *args.argv]),
+    )  # fmt: skip
+    if not current_ranks().main:
+        return
+    sets, abstention, measured = record["sets"], record["abstention"], record["evaluation"]
+    threshold = "inf: every class" if sets["threshold"] is None else f"{sets['threshold']:.4f}"
+    answer = (
+        f"answer where confidence >= {abstention['threshold']:.3f}"
+        if abstention["threshold"] is not None
+        else f"no confidence threshold certifies error <= {args.alpha}: every question is abstained on"
+    )
+    print(
+        f"calibrated on {record['calibration']['source']}: {sets['method']} sets at α {args.alpha} "
+        f"(threshold {threshold}); {answer} (error <= {args.alpha} among answered with probability >= "
+        f"{1 - args.delta:.2f})"
+    )
+    print(
+        f"{measured['split']}, {measured['n']} examples: set coverage {measured['set/coverage']:.4f} "
+        f"(target >= {1 - args.alpha:.2f}), mean set size {measured['set/size']:.3f}, "
+        f"empty {measured['set/empty']:.3f}; "
+        f"answered {measured['abstain/coverage']:.4f} with error {measured['abstain/risk']:.4f}"
+    )
+    print(f"stored: {args.run_dir}/conformal.json (predict_run adds each question's set and abstain columns)")

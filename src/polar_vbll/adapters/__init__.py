@@ -31,6 +31,7 @@ from .injection import (
 )
 from .lisa import LisaConfig, LisaTuner
 from .lora import LoraConfig, LoraLinear
+from .peft_format import export_peft
 from .pissa import PissaConfig, PissaLinear
 from .polar import PolarConfig, PolarLinear
 from .residual import ResidualLoraLinear, export_lora
@@ -77,6 +78,7 @@ __all__ = [
     "count_trainable",
     "ensemble_size",
     "export_lora",
+    "export_peft",
     "inject_adapters",
     "load_adapter",
     "load_adapter_config",

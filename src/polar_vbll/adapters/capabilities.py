@@ -11,7 +11,10 @@ uncertainty method may need, and hands out the objects behind them:
   weight W inside the layer, with how to read a and ∂L/∂y from the layer's input and output gradient (K-FAC
   Laplace-LoRA);
 - ``gaussian_factor``: :meth:`~polar_vbll.adapters.base.AdapterLinear.gaussian_factor` names the factor that carries
-  a Gaussian posterior and how the layer's output depends on it (BLoB).
+  a Gaussian posterior and how the layer's output depends on it (BLoB);
+- ``low_rank_delta``: the layer's output is the *original* base layer's plus U V x, (U, V) =
+  :meth:`~polar_vbll.adapters.base.AdapterLinear.low_rank_factors`, whatever the input: a plain LoRA, e.g. PEFT's,
+  reproduces it (export).
 
 An uncertainty method states what it requires (``UQMethod.requires``); ``FitConfig`` refuses a pair that does not
 meet it with one line, before anything loads.
@@ -31,6 +34,7 @@ class Capability(StrEnum):
     SHARED_BASE = "shared_base"
     LINEAR_MAPS = "linear_maps"
     GAUSSIAN_FACTOR = "gaussian_factor"
+    LOW_RANK_DELTA = "low_rank_delta"
 
 
 CAPABILITY_HELP = {
@@ -38,6 +42,7 @@ CAPABILITY_HELP = {
     Capability.SHARED_BASE: "leaves the base weight untouched and keeps no model-wide state, so members share one base",
     Capability.LINEAR_MAPS: "its trained linear maps, for K-FAC",
     Capability.GAUSSIAN_FACTOR: "the factor that carries a Gaussian posterior",
+    Capability.LOW_RANK_DELTA: "an output of base + U V x for the original base weights, as a plain LoRA",
 }
 
 

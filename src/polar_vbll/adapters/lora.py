@@ -20,7 +20,7 @@ class LoraConfig(LowRankConfig):
 class LoraLinear(AdapterLinear):
     """``lora_A`` (r, in), ``lora_B`` (out, r), in fp32 whatever the base dtype."""
 
-    capabilities = frozenset({Capability.LINEAR_MAPS, Capability.GAUSSIAN_FACTOR})
+    capabilities = frozenset({Capability.LINEAR_MAPS, Capability.GAUSSIAN_FACTOR, Capability.LOW_RANK_DELTA})
 
     def __init__(self, base_layer: nn.Linear, config: LowRankConfig, **init):
         super().__init__(base_layer, config, **init)

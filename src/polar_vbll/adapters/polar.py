@@ -36,7 +36,7 @@ class PolarConfig(LowRankConfig):
 class PolarLinear(AdapterLinear):
     """``polar_X`` (out, r) and ``polar_Y`` (in, r) on Stiefel manifolds; ``polar_theta`` (r, r) or (r,)."""
 
-    capabilities = frozenset({Capability.LINEAR_MAPS, Capability.GAUSSIAN_FACTOR})
+    capabilities = frozenset({Capability.LINEAR_MAPS, Capability.GAUSSIAN_FACTOR, Capability.LOW_RANK_DELTA})
 
     def __init__(self, base_layer: nn.Linear, config: PolarConfig, **init):
         super().__init__(base_layer, config, **init)

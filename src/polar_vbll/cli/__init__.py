@@ -125,10 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_refine)
 
     p = sub.add_parser(
-        "export-lora", help="convert a run's PiSSA/CorDA adapter into a plain LoRA adapter for the original weights"
+        "export-lora",
+        help="a run's adapter as a plain LoRA for the original weights: PiSSA/CorDA for this package, or with --peft "
+        "any of lora, polar, pissa, corda for PEFT",
     )
-    p.add_argument("run_dir", help="a run folder written by `fit` with --adapter pissa or corda")
-    p.add_argument("out", help="folder for adapter_config.json + adapter_model.safetensors (rank 2r)")
+    p.add_argument("run_dir", help="a run folder written by `fit`")
+    p.add_argument("out", help="folder for adapter_config.json + adapter_model.safetensors")
+    p.add_argument(
+        "--peft",
+        action="store_true",
+        help="write PEFT's format: `peft.PeftModel.from_pretrained(base_model, OUT)` loads it with the run's outputs",
+    )
     p.set_defaults(func=cmd_export_lora)
 
     p = sub.add_parser("evaluate", help="score a task split (zero-shot, or a trained RUN_DIR) and write a report")

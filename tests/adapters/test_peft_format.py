@@ -58,3 +58,24 @@ def test_export_lora_peft_from_the_command_line_matches_the_run(tiny_dir, task_d
     ids = torch.randint(3, 60, (2, 7), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, run.backbone.model(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_a_lora_saved_by_peft_starts_a_lora_fit_with_its_outputs(tiny_dir, task_dir, tmp_path):  # noqa: F811
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from polar_vbll.engine.build import build_components
+
+    peft_config = PeftLoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), peft_config)  # random A and B
+    peft_model.save_pretrained(tmp_path / "peft")  # PEFT's own writer
+    adapter = {"method": "lora", "r": 4, "alpha": 16.0, "target_modules": ["q_proj", "v_proj"]}
+    run_config = config(tiny_dir, task_dir, adapter=adapter, adapter_init=str(tmp_path / "peft"))
+    backbone, _, _ = build_components(run_config)
+    ids = torch.randint(3, 60, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.model(ids).logits, peft_model(ids).logits, atol=1e-5, rtol=1e-5)
+    other = config(tiny_dir, task_dir, adapter={**adapter, "r": 2}, adapter_init=str(tmp_path / "peft"))
+    with pytest.raises(PolarVBLLError, match="a PEFT LoRA of rank 4; start it with --adapter lora --r 4"):
+        build_components(other)

@@ -1,5 +1,6 @@
-"""A trained adapter as a PEFT LoRA adapter folder, which ``peft.PeftModel.from_pretrained(base, folder)`` loads
-onto the original Hugging Face model with the same outputs.
+"""PEFT's LoRA format, both ways: a trained adapter as a PEFT LoRA adapter folder, which
+``peft.PeftModel.from_pretrained(base, folder)`` loads onto the original Hugging Face model with the same outputs
+(:func:`export_peft`), and a PEFT LoRA folder as the starting point of a LoRA fit (:func:`load_peft_lora`).
 
 Every layer that declares ``low_rank_delta`` computes base(x) + U V x with (U, V) = ``low_rank_factors()`` for the
 original base weights: LoRA (U = s B, V = A), PoLAR (U = s X Θ, V = Yᵀ), PiSSA and CorDA (rank 2r: their residual base
@@ -19,9 +20,12 @@ from torch import nn
 from ..atomic import atomic_directory
 from ..errors import PolarVBLLError
 from ..outputs import check_replaceable
-from .base import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, require_capability
+from ..stored import load_tensors, read_json
+from .base import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LowRankConfig, require_capability
 from .capabilities import Capability
-from .injection import adapter_config, adapter_layers
+from .injection import adapter_config, adapter_layers, load_adapter_state
+
+PEFT_PREFIX = "base_model.model."
 
 
 def export_peft(model: nn.Module, folder: str | Path, base_model: str | None = None) -> Path:
@@ -65,3 +69,34 @@ def export_peft(model: nn.Module, folder: str | Path, base_model: str | None = N
         save_file(state, str(tmp / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt", "exported_from": method})
         (tmp / ADAPTER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return Path(folder)
+
+
+def is_peft_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a PEFT adapter (its adapter_config.json names a ``peft_type``)."""
+    path = Path(folder) / ADAPTER_CONFIG_FILE
+    return path.is_file() and "peft_type" in (read_json(path, "adapter config") or {})
+
+
+def load_peft_lora(model: nn.Module, folder: str | Path) -> None:
+    """Load the PEFT LoRA adapter in ``folder`` into ``model``'s injected LoRA layers (same rank and modules): each
+    layer's update (α_peft / r) B A is kept exactly, B rescaled to this adapter's α / r."""
+    path = Path(folder) / ADAPTER_CONFIG_FILE
+    peft = read_json(path, "PEFT adapter config")
+    config = adapter_config(model)
+    if peft.get("peft_type") != "LORA":
+        raise PolarVBLLError(f"{path}: a PEFT {peft.get('peft_type')} adapter; only LORA starts a fit")
+    refused = [key for key in ("use_dora", "use_rslora", "fan_in_fan_out", "modules_to_save") if peft.get(key)]
+    if refused or peft.get("bias", "none") != "none":
+        raise PolarVBLLError(f"{path}: PEFT options {refused or ['bias']} have no counterpart in this package's LoRA")
+    if config.method != "lora" or not isinstance(config, LowRankConfig) or peft.get("r") != config.r:
+        raise PolarVBLLError(
+            f"{path}: a PEFT LoRA of rank {peft.get('r')}; start it with --adapter lora --r {peft.get('r')} "
+            f"(this run: {config.method}, rank {getattr(config, 'r', None)})"
+        )
+    weights = load_tensors(Path(folder) / ADAPTER_WEIGHTS_FILE, "PEFT adapter weights")
+    factor = (float(peft.get("lora_alpha", peft["r"])) / peft["r"]) / config.scaling
+    state = {}
+    for key, value in weights.items():
+        name = key.removeprefix(PEFT_PREFIX).removesuffix(".weight").replace(".default.", ".")
+        state[name] = value.float() * factor if name.endswith(".lora_B") else value.float()
+    load_adapter_state(model, state, str(Path(folder) / ADAPTER_WEIGHTS_FILE))

@@ -10,6 +10,7 @@ import torch
 from ..adapters import ADAPTERS, inject_adapters, load_adapter_state
 from ..adapters.base import ADAPTER_WEIGHTS_FILE, AdapterConfig, TunerConfig
 from ..adapters.files import load_adapter_config
+from ..adapters.peft_format import is_peft_folder, load_peft_lora
 from ..config import FitConfig
 from ..data import TaskSpec, get_task, label_token_ids
 from ..data.episodes import sample_episode
@@ -57,7 +58,11 @@ def build_components(
 
 def initial_adapter(backbone: Backbone, adapter: TunerConfig, folder: Path) -> None:
     """Load the adapter folder ``folder`` (``FitConfig.adapter_init``) into the injected ``adapter``, after checking
-    that it was saved with the same options (its dropout aside: a training-time choice)."""
+    that it was saved with the same options (its dropout aside: a training-time choice); a PEFT LoRA folder starts
+    a LoRA of its rank (:func:`~polar_vbll.adapters.peft_format.load_peft_lora`)."""
+    if is_peft_folder(folder):
+        load_peft_lora(backbone.model, folder)
+        return
     saved = load_adapter_config(folder)
     options = {k: v for k, v in saved.to_dict().items() if k != "dropout"}
     if options != {k: v for k, v in adapter.to_dict().items() if k != "dropout"}:

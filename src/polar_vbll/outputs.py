@@ -41,6 +41,7 @@ class OutputKind(StrEnum):
     COMPARISON = "comparison"
     POOL = "pool"  # an AMT LoRA pool
     ADAPTER = "adapter"  # an adapter written on its own (AMT's merge)
+    EXPORT = "export"  # a run exported for serving (merged model, head, model card)
 
 
 _REPORT_FILES = {"report.json", "report.md", "report.html"}

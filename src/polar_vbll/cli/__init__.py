@@ -1,5 +1,5 @@
-"""Command line: ``polar-vbll data | models | fit | refine | evaluate | report | export-lora | amt | conformal``;
-every failure ends in one line on stderr (``main``)."""
+"""Command line: ``polar-vbll data | models | fit | refine | evaluate | report | export-lora | amt | conformal |
+export``; every failure ends in one line on stderr (``main``)."""
 
 from __future__ import annotations
 

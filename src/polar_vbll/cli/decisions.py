@@ -1,5 +1,5 @@
 """``polar-vbll conformal RUN``: prediction sets and abstention at a certified risk, calibrated on examples the run
-did not train on and stored in the run."""
+did not train on and stored in the run; ``polar-vbll export RUN OUT``: the run as a served model."""
 
 from __future__ import annotations
 
@@ -41,6 +41,25 @@ def add_conformal_parser(sub, positive_int) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_conformal)
+    p = sub.add_parser(
+        "export",
+        help="a run as a served model: the adapter merged into a plain Hugging Face model folder, the head, its "
+        "conformal thresholds and a model card (load_exported)",
+    )
+    p.add_argument("run_dir", help="a run folder written by fit (a single-pass head)")
+    p.add_argument("out", help="export folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from ..engine.export import export_run
+
+    out = export_run(args.run_dir, args.out, overwrite=args.overwrite, command=shlex.join(["polar-vbll", *args.argv]))
+    print(
+        f"exported: {out}/model (merged Hugging Face model), head.safetensors, README.md; "
+        f"polar_vbll.load_exported({str(out)!r}).predict(...)"
+    )
 
 
 def cmd_conformal(args: argparse.Namespace) -> None:

@@ -9,6 +9,7 @@ adapter and no uncertainty method: it asks the registries.
 
 from ..config import FitConfig
 from .decisions import conformalize_run
+from .export import export_run, load_exported
 from .loop import fit
 from .predictions import Predictions
 from .result import FitResult
@@ -21,7 +22,9 @@ __all__ = [
     "Predictions",
     "conformalize_run",
     "evaluate_run",
+    "export_run",
     "fit",
+    "load_exported",
     "load_run",
     "predict_run",
     "refine",

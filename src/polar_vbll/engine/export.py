@@ -19,6 +19,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import PreTrainedModel
+
 from ..adapters import merge_and_unload
 from ..atomic import atomic_directory, atomic_write_json, atomic_write_text
 from ..config import FitConfig
@@ -55,6 +57,7 @@ def export_run(run_dir: str | Path, out: str | Path, overwrite: bool = False, co
     if run.head.backbone_passes() != 1:
         raise PolarVBLLError(f"uq '{saved.uq.method}': {run.head.backbone_passes()} backbone passes per prediction")
     model = merge_and_unload(run.backbone.model)  # (refuses an adapter with no single weight: iLoRA)
+    assert isinstance(model, PreTrainedModel)  # a Hugging Face causal LM, as every backbone
     claim(out, "model", "head.safetensors", EXPORT_FILE, "README.md", CONFORMAL_FILE)
     with atomic_directory(out / "model") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

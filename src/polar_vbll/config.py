@@ -67,22 +67,14 @@ class FitConfig:
     landing_lambda: float = _help("pull-back weight λ of the landing optimizer", 1.0)
     steps: int = _help("optimizer steps (each consumes one batch)", 200)
     batch_size: int = _help(
-        "examples per forward pass on each process; a step takes batch_size × processes × grad_accum", 16
+        "examples per forward pass per process; a step takes batch_size × processes × grad_accum", 16
     )
-    grad_accum: int = _help(
-        "micro-batches each process accumulates per step (a resume on another number of processes adapts it to "
-        "keep the global batch)",
-        1,
-    )
+    grad_accum: int = _help("micro-batches per process and step (a resume on other processes adapts it)", 1)
     global_batch_size: int | None = _help(
-        "examples per step over all processes and accumulation passes (default batch_size × processes × "
-        "grad_accum, recorded by the run; given, grad_accum follows from it)",
-        None,
+        "examples per step (default batch_size × processes × grad_accum, recorded; given, grad_accum follows)", None
     )
     gradient_checkpointing: bool = _help(
-        "recompute the backbone's activations in the backward pass instead of keeping them (less memory, ~1/3 more "
-        "compute)",
-        False,
+        "recompute activations in the backward pass (less memory, more compute)", False
     )
     max_length: int = _help("token budget per prompt; longer prompts lose their start", DEFAULT_MAX_LENGTH)
     lr_adapter: float = _help("peak learning rate of the adapter", 1e-3)

@@ -15,13 +15,12 @@ from .commands import (
     cmd_data_list,
     cmd_data_show,
     cmd_evaluate,
-    cmd_export_lora,
     cmd_models_list,
     cmd_models_prepare,
     cmd_refine,
     cmd_report,
 )
-from .decisions import add_conformal_parser
+from .decisions import add_conformal_parser, cmd_export_lora
 from .flags import add_dataclass_flags, add_fit_parser
 
 __all__ = ["OneLineParser", "build_parser", "main", "positive_int"]

@@ -246,22 +246,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"report: {args.out}/report.json, {args.out}/report.md")
 
 
-def cmd_export_lora(args: argparse.Namespace) -> None:
-    from ..adapters import export_lora, export_peft
-    from ..adapters.base import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
-    from ..engine import load_run
-    from ..outputs import check_replaceable
-
-    check_replaceable(args.out, {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE})  # before the model loads
-    run = load_run(args.run_dir)
-    if args.peft:
-        folder = export_peft(run.backbone.model, args.out, base_model=run.config.model)
-        print(f"PEFT LoRA adapter for the original {run.backbone.name} weights: {folder}")
-        return
-    folder = export_lora(run.backbone.model, args.out)
-    print(f"plain LoRA adapter (rank 2r, for the original weights): {folder}")
-
-
 def cmd_refine(args: argparse.Namespace) -> None:
     from ..engine import refine
 

@@ -1,5 +1,6 @@
 """``polar-vbll conformal RUN``: prediction sets and abstention at a certified risk, calibrated on examples the run
-did not train on and stored in the run; ``polar-vbll export RUN OUT``: the run as a served model."""
+did not train on and stored in the run; ``polar-vbll export RUN OUT``: the run as a served model;
+``polar-vbll export-lora RUN OUT [--peft]``: its adapter as a plain (or PEFT) LoRA."""
 
 from __future__ import annotations
 
@@ -91,3 +92,19 @@ def cmd_conformal(args: argparse.Namespace) -> None:
         f"answered {measured['abstain/coverage']:.4f} with error {measured['abstain/risk']:.4f}"
     )
     print(f"stored: {args.run_dir}/conformal.json (predict_run adds each question's set and abstain columns)")
+
+
+def cmd_export_lora(args: argparse.Namespace) -> None:
+    from ..adapters import export_lora, export_peft
+    from ..adapters.base import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
+    from ..engine import load_run
+    from ..outputs import check_replaceable
+
+    check_replaceable(args.out, {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE})  # before the model loads
+    run = load_run(args.run_dir)
+    if args.peft:
+        folder = export_peft(run.backbone.model, args.out, base_model=run.config.model)
+        print(f"PEFT LoRA adapter for the original {run.backbone.name} weights: {folder}")
+        return
+    folder = export_lora(run.backbone.model, args.out)
+    print(f"plain LoRA adapter (rank 2r, for the original weights): {folder}")

@@ -100,7 +100,8 @@ def fit(
     if config is None:
         config = resumed_config(out, overrides, write=False)
     config = with_global_batch(config, ranks.size)
-    global_batch = config.batch_size * ranks.size * config.grad_accum  # = config.global_batch_size
+    global_batch = config.global_batch_size
+    assert global_batch is not None  # with_global_batch records it
     backbone, task, head = build_components(config.for_task(config.task_names[0]), backbone)
     if config.precision != backbone.precision or config.base_dtype is None:  # the run records what it computes in
         config = replace(config, precision=resolved_name(backbone.precision), base_dtype=base_dtype(config, backbone))

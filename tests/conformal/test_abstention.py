@@ -27,6 +27,19 @@ def test_the_certified_threshold_holds_its_bound_with_probability_one_minus_delt
     assert np.mean(coverages) > 0.5  # and it still answers most questions here
 
 
+def test_a_temperature_changes_the_certified_share_little():
+    """A temperature keeps the ranking of the questions, so the share a threshold can certify should hardly move:
+    the grid is fine where an over-confident model's confidences crowd (within 0.01 of 1)."""
+    shares = {temperature: [] for temperature in (1.0, 0.25)}
+    for seed in range(20):
+        probs, labels = synthetic(200 + seed, 256, classes=2, scale=4.0)
+        for temperature, found in shares.items():
+            sharpened = probs ** (1 / temperature)
+            sharpened /= sharpened.sum(1, keepdims=True)
+            found.append(calibrate_abstention(sharpened, labels, 0.1, 0.1).calibration_coverage)
+    assert abs(np.mean(shares[0.25]) - np.mean(shares[1.0])) < 0.05 and np.mean(shares[0.25]) > 0.3
+
+
 def test_the_p_value_is_the_smaller_of_hoeffding_and_the_binomial_tail():
     from mapie.risk_control.methods import compute_hoeffding_bentkus_p_value
 

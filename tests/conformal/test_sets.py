@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from mapie.conformity_scores import RAPSConformityScore
 
 from polar_vbll.conformal import ConformalSets, SetMethod, calibrate_sets
 from polar_vbll.errors import PolarVBLLError
@@ -31,26 +32,37 @@ def test_the_stored_threshold_rebuilds_mapies_own_sets(method):
     for seed in range(5):
         probs, labels = synthetic(seed, 600)
         conformal = calibrate_sets(probs[:300], labels[:300], 0.1, method, seed=seed)
+        score = RAPSConformityScore() if method is SetMethod.RAPS else method.value
         mapie = SplitConformalClassifier(
-            _given_probabilities(4), confidence_level=0.9, conformity_score=method.value, prefit=True, random_state=seed
+            _given_probabilities(4), confidence_level=0.9, conformity_score=score, prefit=True, random_state=seed
         )
         mapie.conformalize(probs[:300], labels[:300])
         params = {} if method is SetMethod.LAC else {"conformity_score_params": {"include_last_label": True}}
         expected = mapie.predict_set(probs[300:], **params)[1][:, :, 0]
         assert np.array_equal(conformal.sets(probs[300:]), expected)
+        if method is SetMethod.RAPS:  # the stored penalty, k_reg and threshold are MAPIE's own
+            assert (conformal.penalty, conformal.k_reg) == (score.lambda_star, score.k_star[0])
+            assert conformal.threshold == pytest.approx(score.quantiles_[0], abs=1e-12)
+            assert conformal.n_calibration == 270  # MAPIE tunes λ and k_reg on a stratified 10 %
 
 
-def test_lac_threshold_and_sets_equal_torchcps():
-    lac = torchcp_module("classification.score.lac").LAC()
-    conformal_value = torchcp_module("utils.common").calculate_conformal_value
-    for seed in range(5):
-        probs, labels = synthetic(seed, 500)
-        logits = torch.from_numpy(np.log(probs))  # TorchCP's scores take logits and apply a softmax
-        scores = lac(logits[:250], torch.from_numpy(labels[:250]))
-        threshold = float(conformal_value(scores, 0.1))
-        conformal = calibrate_sets(probs[:250], labels[:250], 0.1, "lac")
-        assert conformal.threshold == pytest.approx(threshold, abs=1e-12)
-        assert np.array_equal(conformal.sets(probs[250:]), (lac(logits[250:]) <= threshold).numpy())
+def test_raps_sets_follow_torchcps_penalized_scores():
+    """TorchCP's RAPS score without randomization is the penalized mass up to and including a class; a RAPS set holds
+    the top class and each class whose predecessor in the ranking scores below q̂ (the class that reaches q̂
+    included)."""
+    probs, labels = synthetic(4, 600, classes=6)
+    conformal = calibrate_sets(probs[:300], labels[:300], 0.1, "raps", seed=0)
+    assert conformal.penalty > 0 and conformal.k_reg >= 1
+    raps = torchcp_module("classification.score.raps").RAPS(
+        randomized=False, penalty=conformal.penalty, kreg=conformal.k_reg
+    )
+    scores = raps(torch.from_numpy(np.log(probs[300:]))).numpy()  # (N, C): every class's score
+    order = np.argsort(-probs[300:], axis=1, kind="stable")
+    predecessor_scores = np.take_along_axis(scores, order, axis=1)[:, :-1]
+    expected_ranked = np.concatenate([np.ones((300, 1), bool), predecessor_scores < conformal.threshold], axis=1)
+    expected = np.zeros_like(expected_ranked)
+    np.put_along_axis(expected, order, expected_ranked, axis=1)
+    assert np.array_equal(conformal.sets(probs[300:]), expected)
 
 
 def test_aps_calibration_scores_lie_between_torchcps_deterministic_bounds():

@@ -43,6 +43,23 @@ def test_conformal_calibrates_on_the_held_out_examples_and_stores_what_it_measur
     assert stored["sets"] == record["sets"] and "conformal.json" in read_marker(run.out)["entries"]
 
 
+def test_the_runs_report_shows_the_decisions_beside_its_plots(held_out_run):
+    out = held_out_run.out
+    plots_before = sorted(path.name for path in out.glob("*.png"))
+    record = conformalize_run(out, alpha=0.2, delta=0.2, progress=False)
+    report = json.loads((out / "report.json").read_text())
+    assert report["decisions"] == json.loads((out / "conformal.json").read_text()) == record
+    markdown, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert "## Decisions (α = 0.2, δ = 0.2)" in markdown and "![Decisions" in markdown
+    assert f"coverage {record['evaluation']['set/coverage']:.4f}" in markdown
+    assert "LAC prediction sets" in page and page.count("<img") == len(plots_before) + 1
+    png = (out / "decisions.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and sorted(path.name for path in out.glob("*.png")) == sorted(
+        [*plots_before, "decisions.png"]
+    )
+    assert "decisions.png" in read_marker(out)["entries"]
+
+
 def test_predict_run_gives_each_question_its_set_and_whether_it_abstains(held_out_run):
     run = held_out_run
     assert "set" not in predict_run(run.out).rows()[0]  # nothing stored yet

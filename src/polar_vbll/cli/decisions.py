@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from ..conformal.sets import SetMethod
+
 
 def add_conformal_parser(sub, positive_int) -> None:
     p = sub.add_parser(
@@ -20,7 +22,9 @@ def add_conformal_parser(sub, positive_int) -> None:
         default=0.1,
         help="miscoverage of the sets, and the error bound among answered questions (default %(default)s)",
     )
-    p.add_argument("--method", choices=["lac", "aps"], default="lac", help="set score (default %(default)s)")
+    p.add_argument(
+        "--method", choices=[m.value for m in SetMethod], default="lac", help="set score (default %(default)s)"
+    )
     p.add_argument(
         "--delta",
         type=float,

@@ -7,9 +7,12 @@ examples,
 On n held-out examples, each λ of a fixed grid (never chosen from the data) is a hypothesis H_λ: R(λ) > α, with the
 Hoeffding–Bentkus p-value of its empirical risk over the n(λ) examples it answers (the risk's binary loss); a
 family-wise error control at δ rejects some of them, and the smallest λ rejected (the most questions answered) is
-kept. The default control is fixed-sequence testing from the highest λ down, with 20 starts (every 0.05) at δ/20
-each (a start whose λ answers too few questions to certify anything does not end the search); Bonferroni–Holm over
-all of them is the other choice. When none is, no threshold is certified and every question is abstained on.
+kept. The grid is geometric in 1 − λ (from 1e-7 to 1, 201 points), so that it resolves the confidences of an
+over-confident model as finely as a calibrated one's: a fine-tuned model's answers crowd within 0.01 of 1, where a
+grid even in λ has two points, and the same ranking of questions (a temperature changes no ranking) would certify
+very different shares. The default control is fixed-sequence testing from the highest λ down, with 20 starts (every
+10 points) at δ/20 each (a start whose λ answers too few questions to certify anything does not end the search);
+Bonferroni–Holm over all of them is the other choice. When none is, no threshold is certified and every question is abstained on.
 MAPIE (``mapie.risk_control``) computes the p-values and the family-wise control.
 """
 
@@ -22,8 +25,8 @@ import numpy as np
 
 from ..errors import PolarVBLLError
 
-GRID = tuple(np.round(np.linspace(1.0, 0.0, 201), 3).tolist())  # the candidate thresholds λ, safest first
-FWER_STARTS = 20  # fixed-sequence testing's starts: one every 0.05 of λ
+GRID = tuple((1.0 - np.geomspace(1e-7, 1.0, 201)).tolist())  # the candidate thresholds λ, safest first
+FWER_STARTS = 20  # fixed-sequence testing's starts: one every 10 points of the grid
 
 
 @dataclass(frozen=True)

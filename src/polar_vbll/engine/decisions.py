@@ -21,6 +21,10 @@ from ..conformal.abstention import selective_risk
 from ..distributed import current_ranks
 from ..errors import PolarVBLLError
 from ..outputs import claim
+from ..report import write_report
+from ..report.plots import decisions_plot
+from ..report.report import PLOT_TITLES
+from ..stored import read_json
 from .build import training_items
 from .inference import predict
 from .runs import load_run
@@ -74,7 +78,8 @@ def conformalize_run(
     sets = calibrate_sets(probs, labels, alpha, method, seed=config.seed)
     abstention = calibrate_abstention(probs, labels, alpha, delta, fwer)
     items = task.load(eval_split)[: limit or None]
-    evaluation = measured(sets, abstention, _probabilities(run, items, progress), [item.answer for item in items])
+    eval_probs, eval_labels = _probabilities(run, items, progress), np.array([item.answer for item in items])
+    evaluation = measured(sets, abstention, eval_probs, eval_labels)
     record = {
         "alpha": alpha,
         "delta": delta,
@@ -88,7 +93,21 @@ def conformalize_run(
     if current_ranks().main:
         claim(run_dir, CONFORMAL_FILE)
         atomic_write_json(run_dir / CONFORMAL_FILE, record)
+        add_to_report(run_dir, record, eval_probs, eval_labels)
     return record
+
+
+def add_to_report(run_dir: Path, record: dict, probs: np.ndarray, labels: np.ndarray) -> bool:
+    """Show the decisions in the run's report (``report.{json,md,html}``, a ``decisions`` section and plot beside
+    its risk-coverage curve); False when the run has no report."""
+    if not (run_dir / "report.json").is_file():
+        return False
+    report = read_json(run_dir / "report.json", "run report")
+    report["decisions"] = record
+    shown = [name for name in PLOT_TITLES if name != "decisions" and (run_dir / f"{name}.png").is_file()]
+    images = {name: (run_dir / f"{name}.png").read_bytes() for name in shown}
+    write_report(report, run_dir, {**images, "decisions": decisions_plot(probs, labels, record)})
+    return True
 
 
 def measured(sets: ConformalSets, abstention: Abstention, probs: np.ndarray, labels) -> dict:

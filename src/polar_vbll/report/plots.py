@@ -105,6 +105,38 @@ def risk_coverage_curves(runs: dict[str, tuple], title: str = "Risk-coverage") -
     return _png(fig)
 
 
+def decisions_plot(probs, labels, decisions: dict) -> bytes:
+    """The conformal record's two rules on the examples it was measured on: the risk-coverage curve with the
+    certified abstention threshold's point and the bound α (left), and the share of each prediction-set size
+    (right)."""
+    coverage, risk = risk_coverage(probs, labels)
+    measured, alpha = decisions["evaluation"], decisions["alpha"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.4))
+    left.plot(coverage, risk, color="#4c72b0", label="answer the most confident first")
+    left.axhline(alpha, color="#c44e52", linestyle="--", linewidth=1, label=f"certified bound α = {alpha:g}")
+    if measured["abstain/coverage"] > 0:
+        left.plot(
+            [measured["abstain/coverage"]], [measured["abstain/risk"]], "o", color="#c44e52",
+            label=f"threshold: answers {measured['abstain/coverage']:.2f}, error {measured['abstain/risk']:.3f}",
+        )  # fmt: skip
+    else:
+        left.plot([], [], " ", label="no threshold certified: abstains on every question")
+    left.set_xlabel("coverage (share answered)")
+    left.set_ylabel("risk (error among answered)")
+    left.set_xlim(0, 1)
+    left.set_ylim(0, max(0.05, float(risk.max()) * 1.1, alpha * 1.2))
+    left.legend(fontsize=7)
+    left.set_title("Abstention at a certified risk")
+    shares = measured["set/sizes"]
+    right.bar(range(len(shares)), shares, color="#55a868")
+    right.set_xticks(range(len(shares)))
+    right.set_xlabel("prediction-set size (classes)")
+    right.set_ylabel("share of questions")
+    right.set_title(f"{decisions['sets']['method'].upper()} sets: coverage {measured['set/coverage']:.3f}")
+    fig.tight_layout()
+    return _png(fig)
+
+
 def score_histograms(id_scores, ood_scores: dict[str, np.ndarray], criterion: str, title: str = "") -> bytes:
     """Distribution of one criterion's ID score on the ID set (N,) and on each OOD set ``{name: (M,)}``."""
     fig, ax = plt.subplots(figsize=(5.2, 3.4))

@@ -29,6 +29,7 @@ PLOT_TITLES = {
     "risk_coverage": "Risk-coverage: error rate when only the most confident answers are kept",
     "ood_hist": "Scores of the best OOD criterion, in-distribution vs each OOD set",
     "ood_roc": "ROC curves of the best OOD criterion",
+    "decisions": "Decisions: the certified abstention threshold on the risk-coverage curve, and the set sizes",
 }
 
 
@@ -112,6 +113,38 @@ def _attack_lines(report: dict) -> list[str]:
     ]
 
 
+def _decisions_lines(report: dict) -> list[str]:
+    """The conformal record stored by ``polar-vbll conformal``: each rule's setting and what it measured."""
+    decisions = report.get("decisions")
+    if not decisions:
+        return []
+    sets, abstention, measured = decisions["sets"], decisions["abstention"], decisions["evaluation"]
+    threshold = "every class" if sets["threshold"] is None else f"q̂ = {sets['threshold']:.4f}"
+    if sets["method"] == "raps":
+        threshold += f", λ = {sets['penalty']:g} per class beyond {sets['k_reg']}"
+    answer = (
+        "abstains on every question (no threshold certified)"
+        if abstention["threshold"] is None
+        else f"answers when max p ≥ {abstention['threshold']:.3f}"
+    )
+    return [
+        "",
+        f"## Decisions (α = {decisions['alpha']:g}, δ = {decisions['delta']:g})",
+        "",
+        f"Calibrated on {decisions['calibration']['source']}; measured on {measured['split']} ({measured['n']} "
+        "examples).",
+        "",
+        "| rule | setting | measured |",
+        "|---|---|---|",
+        f"| {sets['method'].upper()} prediction sets, coverage ≥ {1 - decisions['alpha']:g} | {threshold} | "
+        f"coverage {measured['set/coverage']:.4f}, mean size {measured['set/size']:.3f}, empty "
+        f"{measured['set/empty']:.4f} |",
+        f"| abstention, error among answered ≤ {decisions['alpha']:g} with probability ≥ {1 - decisions['delta']:g} "
+        f"(Learn then Test, {abstention['fwer']}) | {answer} | answered {measured['abstain/coverage']:.4f}, error "
+        f"{measured['abstain/risk']:.4f} |",
+    ]
+
+
 def render_markdown(report: dict, images: dict[str, bytes] | None = None) -> str:
     model = report["model"]
     labels = f", labels {', '.join(repr(w) for w in report['label_words'])}" if report["label_words"] else ""
@@ -147,6 +180,7 @@ def render_markdown(report: dict, images: dict[str, bytes] | None = None) -> str
     lines += _tasks_lines(report)
     lines += _attack_lines(report)
     lines += _ood_lines(report)
+    lines += _decisions_lines(report)
     if images:
         lines += ["", "## Plots", ""] + [f"![{PLOT_TITLES.get(n, n)}]({n}.png)" for n in images]
     if report.get("timings"):

@@ -12,7 +12,8 @@ over-confident model as finely as a calibrated one's: a fine-tuned model's answe
 grid even in λ has two points, and the same ranking of questions (a temperature changes no ranking) would certify
 very different shares. The default control is fixed-sequence testing from the highest λ down, with 20 starts (every
 10 points) at δ/20 each (a start whose λ answers too few questions to certify anything does not end the search);
-Bonferroni–Holm over all of them is the other choice. When none is, no threshold is certified and every question is abstained on.
+Bonferroni–Holm over all of them is the other choice. When none is, no threshold is certified and every question
+is abstained on.
 MAPIE (``mapie.risk_control``) computes the p-values and the family-wise control.
 """
 

@@ -11,8 +11,9 @@ For a class y of a question x with predictive probabilities p (C classes), the c
 (APS's calibration scores are randomized by U ~ Uniform(0, 1), as MAPIE does; its sets keep the last class, so they
 never undercover). RAPS (Angelopoulos et al. 2021) penalizes sets longer than k_reg classes; MAPIE picks k_reg (the
 1 − α quantile of the true class's rank) and λ (of 0.001, 0.01, 0.1, 0.2, 0.5, the smallest mean set) on a
-stratified 10 % of the calibration examples and computes the scores on the rest. With the n calibration scores s_i, q̂ is their ⌈(n + 1)(1 − α)⌉-th smallest (every class when that
-exceeds n), and for a new exchangeable question P(y ∈ set) ≥ 1 − α (Vovk et al. 2005; Romano et al. 2020).
+stratified 10 % of the calibration examples and computes the scores on the rest. With the n calibration scores s_i,
+q̂ is their ⌈(n + 1)(1 − α)⌉-th smallest (every class when that exceeds n), and for a new exchangeable question
+P(y ∈ set) ≥ 1 − α (Vovk et al. 2005; Romano et al. 2020).
 
 MAPIE (``SplitConformalClassifier``) computes the calibration scores; the threshold q̂ is stored in the run
 (``conformal.json``) so that ``predict`` builds sets without MAPIE or the calibration data, with the rule above, which

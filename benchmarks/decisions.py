@@ -56,13 +56,15 @@ def worker(args, cell: str) -> dict:
 
 
 def markdown(data: dict) -> list[str]:
+    grid = data["ltt_grid"]
     lines = [
         "# Decisions per uncertainty method, SmolLM2-135M (dequantized 4-bit GGUF)",
         "",
         f"{data['steps']} steps × 8, {data['precision']}; 256 training examples held out and used to calibrate; "
         f"LAC sets at α {data['alpha']}; abstention certified for error ≤ {data['alpha']} among answered with "
         f"probability ≥ {1 - data['delta']:.2f} (Learn then Test); measured on the first {data['eval_limit']} "
-        "validation examples. One seed.",
+        f"validation examples; thresholds searched on 1 − λ geometric ({grid['size']} values down from "
+        f"1 − {grid['first_gap']:.0e}). One seed.",
         "",
         "| task | method | ACC | ECE | NLL | set coverage | mean set size | empty sets | answered "
         "| error among answered | threshold |",
@@ -94,10 +96,12 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args, args.worker)))
         return
+    from polar_vbll.conformal.abstention import GRID
     from polar_vbll.models.precision import resolved_name
 
     settings = {"steps": args.steps, "alpha": args.alpha, "delta": args.delta, "eval_limit": args.eval_limit}
     settings["precision"] = resolved_name(args.precision)
+    settings["ltt_grid"] = {"size": len(GRID), "first_gap": 1.0 - GRID[0]}  # a new grid starts a new table
     flags = [f"--steps={args.steps}", f"--alpha={args.alpha}", f"--delta={args.delta}"]
     flags += [f"--eval-limit={args.eval_limit}", f"--runs={args.runs}", f"--precision={args.precision}"]
     path = RESULTS / "decisions.json"

@@ -14,6 +14,7 @@ ood = pytest.importorskip("ood")
 multitask = pytest.importorskip("multitask")
 amt = pytest.importorskip("amt")
 vbll_variance = pytest.importorskip("vbll_variance")
+decisions = pytest.importorskip("decisions")
 
 
 def _cell(key, acc, ece, nll):
@@ -203,3 +204,20 @@ def test_amt_table_means_over_seeds_clean_and_attacked():
 def test_the_multitask_command_is_the_whole_grid():
     assert multitask.without_rows(["--rows", "merge", "MAP|lora", "--eval-limit", "5"]) == ["--eval-limit", "5"]
     assert multitask.without_rows(["--rows=merge", "--steps-per-task", "3"]) == ["--steps-per-task", "3"]
+
+
+def test_decisions_table_states_the_grid_and_a_threshold_none_certified():
+    def cell(threshold):
+        metrics = {"cls/acc": 0.6, "cal/ece": 0.05, "cls/nll": 0.66}
+        answered = {"abstain/coverage": 0.0 if threshold is None else 0.5, "abstain/risk": 0.0}
+        kept = {"set/coverage": 0.9, "set/size": 1.5, "set/empty": 0.0, **answered}
+        return {"metrics": metrics, "decisions": kept, "threshold": threshold, "set_threshold": 0.4}
+
+    data = {"steps": 5, "alpha": 0.1, "delta": 0.1, "eval_limit": 9, "precision": "bf16"}
+    data |= {"ltt_grid": {"size": 201, "first_gap": 1e-7}, "cells": {"sst2|MAP-LoRA": cell(None), "sst2|TS": cell(0.8)}}
+    text = "\n".join(decisions.markdown(data))
+    assert "(201 values down from 1 − 1e-07)" in text
+    assert (
+        "| sst2 | MAP-LoRA | 0.600 | 0.050 | 0.660 | 0.900 | 1.500 | 0.000 | 0.000 | 0.000 | none certified |" in text
+    )
+    assert text.endswith("| sst2 | TS | 0.600 | 0.050 | 0.660 | 0.900 | 1.500 | 0.000 | 0.500 | 0.000 | 0.800 |")

@@ -34,3 +34,24 @@ def test_a_launch_config_that_shards_the_model_is_refused_in_one_line(monkeypatc
     with pytest.raises(PolarVBLLError, match=f"^{variable}: the accelerate config asks for {name}, but") as error:
         current_ranks()
     assert "\n" not in str(error.value)
+
+
+def test_a_launched_process_closes_its_process_group_at_exit(tmp_path):
+    """Left open, gloo's threads can abort a finished process at exit (SIGABRT): the launch then fails."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import atexit, torch, torch.distributed as dist\n"
+        "from polar_vbll.distributed import current_ranks\n"
+        "ranks = current_ranks()\n"
+        "assert ranks.size == 2 and float(ranks.sum_(torch.ones(1))) == 2.0\n"
+        "atexit._run_exitfuncs()\n"
+        "print('open after exit handlers:', dist.is_initialized())\n"
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("open after exit handlers: False") == 2

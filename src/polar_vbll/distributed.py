@@ -15,6 +15,7 @@ up to rounding.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -109,6 +110,16 @@ def current_ranks() -> Ranks:
         from accelerate import PartialState
 
         PartialState()  # reads the launcher's environment, picks the backend and opens the process group
+        atexit.register(close_process_group)
     if dist.is_available() and dist.is_initialized():
         return Ranks(dist.get_rank(), dist.get_world_size())
     return Ranks()
+
+
+def close_process_group() -> None:
+    """Close the process group :func:`current_ranks` opened, while the interpreter is still whole (run at exit).
+    A process that leaves it open can abort at exit: gloo's worker threads outlive the interpreter's teardown and
+    end in ``terminate called without an active exception`` (SIGABRT; pytorch/pytorch#190489), which a launcher
+    reports as a failed run although every step finished."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -37,11 +37,16 @@ METHODS = {
 KEYS = ("set/coverage", "set/size", "set/empty", "abstain/coverage", "abstain/risk")
 
 
+def run_dir(runs: Path, task: str, method: str) -> Path:
+    """The run folder of one cell: ``RUNS/<task>/<method, spaces as _ and without parentheses>``."""
+    return runs / task / method.replace(" ", "_").replace("(", "").replace(")", "")
+
+
 def worker(args, cell: str) -> dict:
     from polar_vbll.engine.decisions import conformalize_run
 
     task, method = cell.split("|")
-    run = Path(args.runs) / task / method.replace(" ", "_").replace("(", "").replace(")", "")
+    run = run_dir(Path(args.runs), task, method)
     result = resumable_fit(
         run, task=task, steps=args.steps, batch_size=8, precision=args.precision, calibration_holdout=True,
         eval_limit=args.eval_limit, zero_shot=False, **METHODS[method],

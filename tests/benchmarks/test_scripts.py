@@ -15,6 +15,7 @@ multitask = pytest.importorskip("multitask")
 amt = pytest.importorskip("amt")
 vbll_variance = pytest.importorskip("vbll_variance")
 decisions = pytest.importorskip("decisions")
+abstention_sensitivity = pytest.importorskip("abstention_sensitivity")
 
 
 def _cell(key, acc, ece, nll):
@@ -221,3 +222,48 @@ def test_decisions_table_states_the_grid_and_a_threshold_none_certified():
         "| sst2 | MAP-LoRA | 0.600 | 0.050 | 0.660 | 0.900 | 1.500 | 0.000 | 0.000 | 0.000 | none certified |" in text
     )
     assert text.endswith("| sst2 | TS | 0.600 | 0.050 | 0.660 | 0.900 | 1.500 | 0.000 | 0.500 | 0.000 | 0.800 |")
+
+
+def test_a_temperature_keeps_the_answers_and_for_two_classes_the_ranking_of_confidences():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for classes in (2, 3):
+        probs = rng.dirichlet(np.ones(classes), size=50)
+        assert np.allclose(abstention_sensitivity.tempered(probs, 1.0), probs)
+        for temperature in (0.5, 3.0):
+            sharp = abstention_sensitivity.tempered(probs, temperature)
+            assert np.allclose(sharp.sum(1), 1.0)
+            assert (sharp.argmax(1) == probs.argmax(1)).all()
+            if classes == 2:
+                assert (np.argsort(sharp.max(1)) == np.argsort(probs.max(1))).all()
+
+
+def test_split_fixed_sequence_stops_at_the_first_threshold_the_test_half_does_not_reject():
+    import numpy as np
+
+    from polar_vbll.conformal.abstention import grid_p_values, selective_risk
+
+    rng = np.random.default_rng(1)
+    confidence = rng.uniform(0.5, 1.0, 400)
+    labels = (rng.uniform(size=400) < confidence).astype(int)  # calibrated: right with probability = confidence
+    probs = np.stack([1 - confidence, confidence], 1)
+    for seed in range(5):
+        share = abstention_sensitivity.split_fixed_sequence_share(probs, labels, 0.1, 0.1, seed)
+        order = np.random.default_rng(seed).permutation(400)
+        learn, test = order[:200], order[200:]
+        grid, learn_p = grid_p_values(probs[learn], labels[learn], 0.1)
+        test_p = grid_p_values(probs[test], labels[test], 0.1)[1]
+        rejected = []
+        for index in np.argsort(learn_p, kind="stable"):
+            if test_p[index] > 0.1:
+                break
+            rejected.append(index)
+        expected = selective_risk(probs, labels, grid[rejected].min())[0] if rejected else 0.0
+        assert share == expected <= 0.45  # calibrated on U(0.5, 1): error ≤ 0.1 among answered needs confidence ≥ 0.8
+    sure = np.concatenate([rng.uniform(0.95, 1.0, 300), rng.uniform(0.5, 0.6, 100)])  # right / wrong
+    separated = np.stack([1 - sure, sure], 1), np.r_[np.ones(300, int), np.zeros(100, int)]
+    shares = [abstention_sensitivity.split_fixed_sequence_share(*separated, 0.1, 0.1, seed) for seed in range(5)]
+    assert all(0.75 <= share < 0.8 for share in shares)  # every sure question, and a few wrong ones (risk ≪ 0.1)
+    coin = np.full((400, 2), 0.5)
+    assert abstention_sensitivity.split_fixed_sequence_share(coin, labels, 0.1, 0.1, 0) == 0.0

@@ -13,7 +13,10 @@ grid even in λ has two points, and the same ranking of questions (a temperature
 very different shares. The default control is fixed-sequence testing from the highest λ down, with 20 starts (every
 10 points) at δ/20 each (a start whose λ answers too few questions to certify anything does not end the search);
 Bonferroni–Holm over all of them is the other choice. When none is, no threshold is certified and every question
-is abstained on.
+is abstained on. The starts keep one limit: each is tested at δ/20, and where the useful thresholds' p-values lie
+near it (256 calibration examples at an error near α, measured on SST-2), whether a start lands below it decides
+between certifying most questions and none, so a temperature can still flip the result
+(``benchmarks/abstention_sensitivity.py``).
 MAPIE (``mapie.risk_control``) computes the p-values and the family-wise control.
 """
 
@@ -67,13 +70,27 @@ def selective_risk(probs: np.ndarray, labels: np.ndarray, threshold: float) -> t
     return float(answered.mean()), float(wrong[answered].mean())
 
 
+def grid_p_values(probs: np.ndarray, labels: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """(the thresholds λ of :data:`GRID`, (len(GRID),), their Hoeffding–Bentkus p-values for H_λ: R(λ) > ``alpha``
+    on ``probs`` (n, C) with right answers ``labels`` (n,)); a threshold that answers nothing gets p = 1."""
+    from mapie.risk_control.methods import compute_hoeffding_bentkus_p_value
+
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    confidence, wrong = probs.max(1), probs.argmax(1) != labels
+    grid = np.array(GRID)
+    answered = confidence[None, :] >= grid[:, None]  # (λ, n)
+    n_obs = answered.sum(1)
+    risk = np.where(n_obs > 0, (answered & wrong[None, :]).sum(1) / np.maximum(n_obs, 1), 1.0)
+    p_values = compute_hoeffding_bentkus_p_value(risk, np.maximum(n_obs, 1).astype(float), alpha, binary=True)[:, 0]
+    return grid, np.where(n_obs > 0, p_values, 1.0)  # a threshold that answers nothing certifies nothing
+
+
 def calibrate_abstention(
     probs: np.ndarray, labels: np.ndarray, alpha: float, delta: float = 0.1, fwer: str = "fixed_sequence"
 ) -> Abstention:
     """The smallest confidence threshold of :data:`GRID` that Learn then Test certifies on held-out ``probs`` (n, C)
     and ``labels`` (n,) for error ≤ ``alpha`` among answered, with probability ≥ 1 − ``delta``."""
     from mapie.risk_control import FWERFixedSequenceTesting, control_fwer
-    from mapie.risk_control.methods import compute_hoeffding_bentkus_p_value
 
     for name, value in (("alpha", alpha), ("delta", delta)):
         if not 0 < value < 1:
@@ -81,15 +98,9 @@ def calibrate_abstention(
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
     if len(labels) == 0:
         raise PolarVBLLError("abstention: no calibration examples")
-    confidence, wrong = probs.max(1), probs.argmax(1) != labels
-    grid = np.array(GRID)
-    answered = confidence[None, :] >= grid[:, None]  # (λ, n)
-    n_obs = answered.sum(1)
-    risk = np.where(n_obs > 0, (answered & wrong[None, :]).sum(1) / np.maximum(n_obs, 1), 1.0)
-    p_values = compute_hoeffding_bentkus_p_value(risk, np.maximum(n_obs, 1).astype(float), alpha, binary=True)[:, 0]
-    p_values = np.where(n_obs > 0, p_values, 1.0)  # a threshold that answers nothing certifies nothing
     if fwer not in ("fixed_sequence", "bonferroni_holm"):
         raise PolarVBLLError(f"fwer: fixed_sequence or bonferroni_holm, got {fwer!r}")
+    grid, p_values = grid_p_values(probs, labels, alpha)
     procedure = FWERFixedSequenceTesting(n_starts=FWER_STARTS) if fwer == "fixed_sequence" else fwer
     valid = np.asarray(control_fwer(p_values, delta, fwer_method=procedure), dtype=int)
     threshold = float(grid[valid].min()) if len(valid) else math.inf

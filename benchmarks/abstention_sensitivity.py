@@ -69,14 +69,11 @@ def worker(args, task: str, method: str) -> dict:
     from polar_vbll.conformal import calibrate_abstention
     from polar_vbll.engine import load_run
     from polar_vbll.engine.build import training_items
-    from polar_vbll.engine.inference import predict
+    from polar_vbll.engine.decisions import run_probabilities
 
     run = load_run(run_dir(Path(args.runs), task, method))
-    held_out, config = training_items(run.task, run.config)[1], run.config
-    probs = predict(
-        run.backbone, run.head, run.task, held_out, config.eval_batch_size, config.max_length, config.seed,
-        progress=False,
-    )["probs"]  # fmt: skip
+    held_out = training_items(run.task, run.config)[1]
+    probs = run_probabilities(run, held_out, progress=False)
     labels = np.array([item.answer for item in held_out])
     rows = {}
     for temperature in args.temperatures:

@@ -33,17 +33,12 @@ def worker(args, task: str, seed: int, method: str) -> dict:
     from polar_vbll.conformal import calibrate_abstention, calibrate_sets
     from polar_vbll.engine import load_run
     from polar_vbll.engine.build import training_items
-    from polar_vbll.engine.decisions import measured
-    from polar_vbll.engine.inference import predict
+    from polar_vbll.engine.decisions import measured, run_probabilities
 
     folder = cell_dir(Path(args.runs), task, seed, method)
     run = load_run(folder)
-    held_out = training_items(run.task, run.config)[1]
-    config = run.config
-    probs = predict(
-        run.backbone, run.head, run.task, held_out, config.eval_batch_size, config.max_length, config.seed,
-        progress=False,
-    )["probs"]  # fmt: skip
+    held_out, config = training_items(run.task, run.config)[1], run.config
+    probs = run_probabilities(run, held_out, progress=False)
     labels = np.array([item.answer for item in held_out])
     sets = calibrate_sets(probs, labels, args.alpha, "lac", seed=config.seed)
     abstention = calibrate_abstention(probs, labels, args.alpha, args.delta)

@@ -73,12 +73,12 @@ def conformalize_run(
             )
         source = f"{len(calibration)} training examples held out of training (calibration_holdout)"
     start = time.perf_counter()
-    probs = _probabilities(run, calibration, progress, "calibrating")
+    probs = run_probabilities(run, calibration, progress, "calibrating")
     labels = np.array([item.answer for item in calibration])
     sets = calibrate_sets(probs, labels, alpha, method, seed=config.seed)
     abstention = calibrate_abstention(probs, labels, alpha, delta, fwer)
     items = task.load(eval_split)[: limit or None]
-    eval_probs, eval_labels = _probabilities(run, items, progress), np.array([item.answer for item in items])
+    eval_probs, eval_labels = run_probabilities(run, items, progress), np.array([item.answer for item in items])
     evaluation = measured(sets, abstention, eval_probs, eval_labels)
     record = {
         "alpha": alpha,
@@ -129,7 +129,8 @@ def measured(sets: ConformalSets, abstention: Abstention, probs: np.ndarray, lab
     }
 
 
-def _probabilities(run, items: list, progress: bool, desc: str = "evaluating") -> np.ndarray:
+def run_probabilities(run, items: list, progress: bool = True, desc: str = "evaluating") -> np.ndarray:
+    """(N, C): a loaded run's predictive probabilities on ``items``, at its evaluation batch size and length."""
     config = run.config
     out = predict(
         run.backbone, run.head, run.task, items, config.eval_batch_size, config.max_length, config.seed,
